@@ -1,0 +1,8 @@
+"""BDLM research workbench: an LLM and a domain recommender that teach each other.
+
+data -> domain -> llm -> joint -> experiments (+ widgets). Notebooks call this library.
+"""
+from .params import load_params
+
+__version__ = "0.1.0"
+__all__ = ["load_params"]

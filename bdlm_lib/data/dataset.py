@@ -1,0 +1,190 @@
+"""The prepared dataset every model reads: `prepare_dataset(params)` builds (or reuses) it under
+`<output_dir>/<dataset>/data/<tag>/`, `load_dataset(params)` returns a `RecDataset`.
+
+Folder layout (all parquet, written atomically as one folder):
+    train/valid/test.parquet     user, item, timestamp (internal contiguous ids)
+    users.parquet, items.parquet raw-id maps (+ item titles)
+    {valid,test}_{topk,binary}.parquet   the shared evaluation sets
+    manifest.json                dataset, seed, params, input sha256, stats
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..runs import atomic_dir, read_json, write_json
+from . import download, registry
+from .loaders import DataError, detect_format, read_raw
+from .prepare import process, sha256_files
+from .testsets import build_testsets, check_no_leakage
+
+SETS = ("valid_topk", "test_topk", "valid_binary", "test_binary")
+MANIFEST_VERSION = 1
+
+
+def dataset_tag(params: Mapping) -> str:
+    d = params["data"]
+    size = f"u{d['sample_users']}" if d.get("sample_users") else "all"
+    return f"k{d['kcore']}-{size}-s{params['seed']}"
+
+
+def dataset_dir(params: Mapping) -> Path:
+    name = Path(str(params["dataset"])).name
+    return Path(params["output_dir"]) / name / "data" / dataset_tag(params)
+
+
+def _recipe(params: Mapping) -> dict:
+    """The params that determine the prepared data (a change invalidates the cache)."""
+    return {"dataset": str(params["dataset"]), "seed": params["seed"],
+            "data": {k: params["data"][k] for k in ("format", "kcore", "sample_users", "title_extras")},
+            "testset": dict(params["testset"])}
+
+
+def _input_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in {".dat", ".gz", ".tsv", ".zip", ".json"})
+
+
+def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True) -> Path:
+    """Build the protocol's artefacts for `params` (or reuse matching ones); return the folder."""
+    out = dataset_dir(params)
+    recipe = _recipe(params)
+    if not force and (out / "manifest.json").exists():
+        man = read_json(out / "manifest.json")
+        if man.get("recipe") == recipe and man.get("version") == MANIFEST_VERSION:
+            return out
+    t0 = time.perf_counter()
+    spec, folder = registry.resolve(str(params["dataset"]), params.get("data_dir"))
+    fmt = params["data"].get("format")
+    has_files = folder.is_dir() and any(folder.iterdir())
+    if not has_files:
+        if spec is None or not spec.downloads:
+            raise DataError(f"{folder}: dataset folder is missing or empty")
+        if not params["data"].get("download", True):
+            raise DataError(f"{folder}: dataset files missing and data.download is false")
+        download.ensure_files(spec, folder)
+    fmt = fmt or detect_format(folder)
+    inter, titles = read_raw(folder, fmt, bool(params["data"].get("title_extras")))
+    t_read = time.perf_counter() - t0
+    proc = process(inter, titles, params["data"]["kcore"], params["data"].get("sample_users"),
+                   params["seed"], source=str(folder))
+    ts = params["testset"]
+    sets = build_testsets(proc.train, proc.valid, proc.test, proc.items["title"].tolist(),
+                          seed=params["seed"], n_candidates=ts["n_candidates"],
+                          n_binary_neg=ts["n_binary_neg"], sim_pool=ts["sim_pool"])
+    check_no_leakage(proc.train, sets)
+    noun = params["data"].get("noun") or (spec.noun if spec else "items")
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "dataset": str(params["dataset"]),
+        "source_folder": str(folder),
+        "format": fmt,
+        "noun": noun,
+        "seed": params["seed"],
+        "recipe": recipe,
+        "params": {k: params[k] for k in ("dataset", "seed", "data", "testset")},
+        "inputs_sha256": sha256_files(_input_files(folder)),
+        "stats": proc.stats,
+        "seconds": {"read": round(t_read, 2), "total": round(time.perf_counter() - t0, 2)},
+    }
+    with atomic_dir(out) as tmp:
+        for name, df in (("train", proc.train), ("valid", proc.valid), ("test", proc.test),
+                         ("users", proc.users), ("items", proc.items), *sets.items()):
+            df.to_parquet(tmp / f"{name}.parquet", index=False)
+        write_json(tmp / "manifest.json", manifest)
+    if verbose:
+        s = proc.stats
+        print(f"prepared {params['dataset']}: {s['users']} users, {s['items']} items, "
+              f"{s['interactions']} interactions -> {out} ({manifest['seconds']['total']:.1f}s)")
+    return out
+
+
+@dataclass
+class RecDataset:
+    """A prepared dataset: splits, id maps, titles and the shared evaluation sets."""
+    path: Path
+    name: str
+    noun: str
+    n_users: int
+    n_items: int
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+    manifest: dict
+    seed: int = 42
+    _sets: dict = field(default_factory=dict, repr=False)
+    _seqs: list | None = field(default=None, repr=False)
+
+    @property
+    def titles(self) -> list[str]:
+        return self.items["title"].tolist()
+
+    @property
+    def stats(self) -> dict:
+        return self.manifest["stats"]
+
+    def train_sequences(self) -> list[np.ndarray]:
+        """Per user, the train items in time order."""
+        if self._seqs is None:
+            items = self.train["item"].to_numpy()
+            bounds = np.searchsorted(self.train["user"].to_numpy(), np.arange(self.n_users + 1))
+            self._seqs = [items[bounds[u]:bounds[u + 1]] for u in range(self.n_users)]
+        return self._seqs
+
+    def eval_users(self, max_users: int | None = None) -> np.ndarray:
+        """The fixed, seeded subset of users every model is evaluated on (sorted)."""
+        users = np.arange(self.n_users)
+        if max_users is None or max_users >= self.n_users:
+            return users
+        rng = np.random.default_rng(self.seed + 1)
+        return np.sort(rng.permutation(self.n_users)[:max_users])
+
+    def _set(self, name: str) -> pd.DataFrame:
+        if name not in self._sets:
+            self._sets[name] = pd.read_parquet(self.path / f"{name}.parquet")
+        return self._sets[name]
+
+    def _subset(self, name: str, max_users: int | None) -> pd.DataFrame:
+        df = self._set(name)
+        if max_users is None or max_users >= self.n_users:
+            return df
+        return df[df["user"].isin(self.eval_users(max_users))].reset_index(drop=True)
+
+    def topk(self, split: str = "test", max_users: int | None = None) -> pd.DataFrame:
+        """user, item, label, position, source — n_candidates rows per user, in stored order."""
+        return self._subset(f"{split}_topk", max_users)
+
+    def binary(self, split: str = "test", max_users: int | None = None) -> pd.DataFrame:
+        """user, item, label — the interaction-prediction pairs."""
+        return self._subset(f"{split}_binary", max_users)
+
+
+def load_prepared(path: str | Path) -> RecDataset:
+    path = Path(path)
+    if not (path / "manifest.json").exists():
+        raise DataError(f"{path / 'manifest.json'}: not a prepared dataset folder")
+    man = read_json(path / "manifest.json")
+    rd = {n: pd.read_parquet(path / f"{n}.parquet") for n in ("train", "valid", "test", "users", "items")}
+    return RecDataset(path=path, name=man["dataset"], noun=man["noun"],
+                      n_users=man["stats"]["users"], n_items=man["stats"]["items"],
+                      manifest=man, seed=man["seed"], **rd)
+
+
+def load_dataset(params: Mapping, force: bool = False, verbose: bool = True) -> RecDataset:
+    """Prepare (or reuse) and load the dataset described by `params`."""
+    return load_prepared(prepare_dataset(params, force=force, verbose=verbose))
+
+
+def table1(datasets: list[RecDataset]) -> pd.DataFrame:
+    """Paper Table 1: dataset statistics after k-core."""
+    rows = [{"dataset": d.name, "#users": d.stats["users"], "#items": d.stats["items"],
+             "#interactions": d.stats["interactions"], "sparsity": f"{100 * d.stats['sparsity']:.2f}%"}
+            for d in datasets]
+    return pd.DataFrame(rows).set_index("dataset")

@@ -1,0 +1,126 @@
+"""One metrics module for every model (SPEC §1).
+
+Top-K: each user has a group of candidates with exactly one positive; HR@k = share of users whose
+positive ranks in the top k, NDCG@k = mean of 1/log2(rank+2) within the top k. Ties are broken
+by the candidate's stored (seed-shuffled) position, so a constant scorer gets chance-level HR.
+
+Binary: the decision threshold is the one maximising F1 on the validation set, then applied to
+test; precision/recall/F1 of the positive class and AUC come from scikit-learn.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (f1_score, precision_recall_curve, precision_score, recall_score,
+                             roc_auc_score)
+
+ScoreFn = Callable[[pd.DataFrame], np.ndarray]
+
+
+def positive_ranks(frame: pd.DataFrame, scores: np.ndarray) -> pd.Series:
+    """0-based rank of each user's positive among its candidates (index: user)."""
+    df = pd.DataFrame({
+        "user": frame["user"].to_numpy(),
+        "label": frame["label"].to_numpy(),
+        "position": frame["position"].to_numpy() if "position" in frame else np.arange(len(frame)),
+        "score": np.asarray(scores, dtype=np.float64),
+    })
+    if np.isnan(df["score"]).any():
+        raise ValueError("scores contain NaN")
+    counts = df.groupby("user")["label"].sum()
+    if not (counts == 1).all():
+        bad = counts[counts != 1].index[:3].tolist()
+        raise ValueError(f"each user needs exactly one positive candidate (users {bad})")
+    df = df.sort_values(["user", "score", "position"], ascending=[True, False, True], kind="stable")
+    df["rank"] = df.groupby("user").cumcount()
+    return df.loc[df["label"] == 1].set_index("user")["rank"]
+
+
+def hit_ratio(ranks: np.ndarray, k: int) -> float:
+    return float(np.mean(np.asarray(ranks) < k))
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    r = np.asarray(ranks, dtype=np.float64)
+    return float(np.mean(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)))
+
+
+def topk_metrics(frame: pd.DataFrame, scores: np.ndarray, ks: Sequence[int] = (1, 2, 5, 10)) -> dict:
+    ranks = positive_ranks(frame, scores).to_numpy()
+    out = {}
+    for k in ks:
+        out[f"HR@{k}"] = hit_ratio(ranks, k)
+    for k in ks:
+        out[f"NDCG@{k}"] = ndcg(ranks, k)
+    out["MRR"] = float(np.mean(1.0 / (ranks + 1.0)))
+    out["n_users"] = int(len(ranks))
+    return out
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold maximising F1 of the positive class (predict 1 when score >= t)."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = np.divide(2 * precision * recall, precision + recall,
+                   out=np.zeros_like(precision), where=(precision + recall) > 0)
+    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+    return float(thresholds[best]) if len(thresholds) else 0.5
+
+
+def binary_metrics(test_labels: np.ndarray, test_scores: np.ndarray, threshold: float) -> dict:
+    y = np.asarray(test_labels)
+    s = np.asarray(test_scores, dtype=np.float64)
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    pred = (s >= threshold).astype(int)
+    return {
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "auc": float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else float("nan"),
+        "threshold": float(threshold),
+        "n": int(len(y)),
+    }
+
+
+def evaluate(score_fn: ScoreFn, ds, split: str = "test", max_users: int | None = None,
+             ks: Sequence[int] = (1, 2, 5, 10), return_predictions: bool = False):
+    """Score `ds`'s persisted candidate sets with `score_fn(frame) -> scores` (higher = better).
+
+    `frame` has columns user, item, label (and position for top-K). Returns the metrics.json
+    layout: {"topk": {...}, "binary": {...}, "split", "max_users"}; the binary threshold is chosen
+    on the validation binary set of the same users. With `return_predictions`, also a long frame of
+    (task, split, user, item, label, score) for per-user analysis (bootstrap CIs, paired tests).
+    """
+    topk = ds.topk(split, max_users=max_users)
+    t_scores = np.asarray(score_fn(topk), dtype=np.float64)
+    vbin = ds.binary("valid", max_users=max_users)
+    v_scores = np.asarray(score_fn(vbin), dtype=np.float64)
+    tbin = ds.binary(split, max_users=max_users) if split != "valid" else vbin
+    b_scores = np.asarray(score_fn(tbin), dtype=np.float64) if split != "valid" else v_scores
+    threshold = choose_threshold(vbin["label"].to_numpy(), v_scores)
+    metrics = {
+        "split": split,
+        "max_users": max_users,
+        "topk": topk_metrics(topk, t_scores, ks),
+        "binary": binary_metrics(tbin["label"].to_numpy(), b_scores, threshold),
+    }
+    if not return_predictions:
+        return metrics
+    preds = pd.concat([
+        topk[["user", "item", "label"]].assign(task="topk", split=split, score=t_scores),
+        tbin[["user", "item", "label"]].assign(task="binary", split=split, score=b_scores),
+    ], ignore_index=True)
+    return metrics, preds
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0):
+    """Percentile bootstrap CI of the mean of per-user values (e.g. hits)."""
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(v), size=(n_boot, len(v)))
+    means = v[idx].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))

@@ -1,0 +1,161 @@
+"""One parameter schema with layered defaults (RecBole-style).
+
+    params/base.yaml <- params/datasets/<dataset>.yaml <- params/presets/<preset>.yaml <- overrides
+
+`base.yaml` *is* the schema: every key must exist there and its value there fixes the type
+(null = any type). Overrides may be nested dicts or dotted keys ("domain.epochs": 3).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+
+
+class ParamsError(ValueError):
+    """A bad parameter: the message names the key or the file."""
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: parameter file not found") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of parameters at the top level")
+    return data
+
+
+def _expand_dotted(overrides: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override '{key}': '{p}' is not a section")
+        if isinstance(value, Mapping):
+            node.setdefault(parts[-1], {}).update(_expand_dotted(value))
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ParamsError(f"{source}: parameter '{key}' must be true/false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{source}: parameter '{key}' must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads "1e-3" (no dot) as a string: accept it if it parses
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ParamsError(f"{source}: parameter '{key}' must be a number, got {value!r}") from None
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ParamsError(f"{source}: parameter '{key}' must be a string, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ParamsError(f"{source}: parameter '{key}' must be a list, got {value!r}")
+        return value
+    return value
+
+
+def _merge(schema: dict, into: dict, layer: dict, source: str, prefix: str = "") -> None:
+    for key, value in layer.items():
+        full = f"{prefix}{key}"
+        if key not in schema:
+            raise ParamsError(f"{source}: unknown parameter '{full}' (not in params/base.yaml)")
+        default = schema[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ParamsError(f"{source}: parameter '{full}' is a section; give a mapping")
+            _merge(default, into[key], value, source, full + ".")
+        else:
+            into[key] = _check_type(full, default, value, source)
+
+
+class Params(dict):
+    """A nested dict with attribute access (`p.domain.epochs`) and dotted lookup (`p.get_dotted`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def get_dotted(self, key: str) -> Any:
+        node: Any = self
+        for p in key.split("."):
+            node = node[p]
+        return node
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+def _wrap(d: Any) -> Any:
+    if isinstance(d, dict):
+        return Params({k: _wrap(v) for k, v in d.items()})
+    return d
+
+
+def _plain(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _plain(v) for k, v in d.items()}
+    return d
+
+
+def load_params(dataset: str | None = None, preset: str | None = None,
+                overrides: Mapping[str, Any] | None = None,
+                params_dir: str | os.PathLike | None = None) -> Params:
+    """Resolve the layered parameters for `dataset` and `preset` (defaults from base.yaml)."""
+    pdir = Path(params_dir) if params_dir else PARAMS_DIR
+    schema = _read_yaml(pdir / "base.yaml")
+    params = copy.deepcopy(schema)
+    over = _expand_dotted(overrides or {})
+    dataset = dataset or over.get("dataset") or schema["dataset"]
+    preset = preset or over.get("preset") or schema["preset"]
+    params["dataset"], params["preset"] = dataset, preset
+
+    ds_file = pdir / "datasets" / f"{Path(str(dataset)).name}.yaml"
+    if ds_file.exists():
+        _merge(schema, params, _read_yaml(ds_file), str(ds_file))
+    pr_file = pdir / "presets" / f"{preset}.yaml"
+    if not pr_file.exists():
+        known = sorted(p.stem for p in (pdir / "presets").glob("*.yaml"))
+        raise ParamsError(f"preset '{preset}': no {pr_file} (known: {', '.join(known)})")
+    _merge(schema, params, _read_yaml(pr_file), str(pr_file))
+    _merge(schema, params, over, "overrides")
+    params["dataset"], params["preset"] = dataset, preset
+    return _wrap(params)
+
+
+def save_params(params: Mapping, path: str | os.PathLike) -> None:
+    from .runs import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(_plain(dict(params)), sort_keys=False))
