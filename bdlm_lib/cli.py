@@ -1,0 +1,122 @@
+"""`bdlm` command line: thin wrappers over the same library functions the notebooks call.
+
+    bdlm prep --dataset ml1m --preset demo       prepare data + test sets, print Table 1
+    bdlm batch params/batches/demo_ml1m.yaml     run a batch of notebooks with papermill
+    bdlm report                                  assemble the report from stored runs
+    bdlm demo                                    the main job (make demo)
+    bdlm refresh-notebooks                       re-execute the committed notebooks on the smoke preset
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _overrides(pairs: list[str]) -> dict:
+    import yaml
+    out = {}
+    for kv in pairs or []:
+        if "=" not in kv:
+            raise SystemExit(f"--set {kv!r}: expected key=value")
+        k, v = kv.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def cmd_prep(args) -> int:
+    from .data import load_dataset, table1
+    from .params import load_params
+    rows = []
+    for name in args.dataset:
+        p = load_params(name, args.preset, overrides={**_overrides(args.set),
+                                                       **({"data_dir": args.data_dir} if args.data_dir else {}),
+                                                       **({"output_dir": args.output_dir} if args.output_dir else {})})
+        rows.append(load_dataset(p, force=args.force))
+    print(table1(rows).to_string())
+    return 0
+
+
+def cmd_batch(args) -> int:
+    from .experiments.batch import run_batch
+    summary = run_batch(args.batch, output_dir=args.output_dir, only=args.only)
+    failed = [r for r in summary.get("runs", []) if r.get("status") == "failed"] if isinstance(summary, dict) else []
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from .experiments.report import build_report
+    path = build_report(args.output_dir or "outputs")
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The main job: the CPU demo batch on ML-1M end to end, then the report."""
+    import time
+    from .experiments.batch import run_batch
+    from .experiments.report import build_report
+    t0 = time.perf_counter()
+    out = args.output_dir or "outputs"
+    summary = run_batch(REPO / "params" / "batches" / "demo_ml1m.yaml", output_dir=out)
+    path = build_report(out)
+    print(f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min; report: {path}")
+    failed = [r for r in summary.get("runs", []) if r.get("status") == "failed"] if isinstance(summary, dict) else []
+    return 1 if failed else 0
+
+
+def cmd_refresh(args) -> int:
+    """Re-execute every numbered notebook in place on the smoke preset (what nbval checks)."""
+    import papermill as pm
+    for nb in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        if args.only and not any(o in nb.name for o in args.only):
+            continue
+        print(f"executing {nb.name}")
+        pm.execute_notebook(str(nb), str(nb), kernel_name="python3", cwd=str(REPO / "notebooks"),
+                            progress_bar=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bdlm", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("prep", help="prepare datasets and print Table 1")
+    p.add_argument("--dataset", nargs="+", default=["ml1m"])
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--data-dir")
+    p.add_argument("--output-dir")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="param overrides, e.g. data.kcore=10")
+    p.set_defaults(fn=cmd_prep)
+
+    p = sub.add_parser("batch", help="run a batch YAML of notebooks with papermill")
+    p.add_argument("batch")
+    p.add_argument("--output-dir")
+    p.add_argument("--only", nargs="*", help="run ids (substrings) to run")
+    p.set_defaults(fn=cmd_batch)
+
+    p = sub.add_parser("report", help="assemble tables and figures from stored runs")
+    p.add_argument("--output-dir")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("demo", help="the main job: CPU demo pipeline on MovieLens-1M")
+    p.add_argument("--output-dir")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("refresh-notebooks", help="re-execute the notebooks on the smoke preset")
+    p.add_argument("--only", nargs="*")
+    p.set_defaults(fn=cmd_refresh)
+
+    args = ap.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (ValueError, FileNotFoundError) as e:  # our DataError/ParamsError: one line, no traceback
+        print(f"bdlm {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
