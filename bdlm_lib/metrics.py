@@ -63,6 +63,10 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The score threshold maximising F1 of the positive class (predict 1 when score >= t)."""
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    if len(np.unique(labels)) != 2:
+        raise ValueError("choose_threshold needs validation labels of both classes (0 and 1)")
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     f1 = np.divide(2 * precision * recall, precision + recall,
                    out=np.zeros_like(precision), where=(precision + recall) > 0)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -86,7 +87,9 @@ def _merge(schema: dict, into: dict, layer: dict, source: str, prefix: str = "")
     for key, value in layer.items():
         full = f"{prefix}{key}"
         if key not in schema:
-            raise ParamsError(f"{source}: unknown parameter '{full}' (not in params/base.yaml)")
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ParamsError(f"{source}: unknown parameter '{full}' (not in params/base.yaml){hint}")
         default = schema[key]
         if isinstance(default, dict):
             if not isinstance(value, dict):
@@ -131,6 +134,49 @@ def _plain(d: Any) -> Any:
     return d
 
 
+# Range/choice rules of the data section (the other sections' owners may add theirs here):
+# key -> (check, what it must be). Checked once the layers are merged, naming the key.
+_RULES = {
+    "seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "data.format": (lambda v: v in (None, "ml1m", "tsv", "amazon2014", "amazon2018"),
+                    "null, ml1m, tsv, amazon2014 or amazon2018"),
+    "data.kcore": (lambda v: v >= 1, "an integer >= 1"),
+    "data.sample_users": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                          "null or an integer >= 1"),
+    "testset.n_candidates": (lambda v: v >= 2, "an integer >= 2"),
+    "testset.n_binary_neg": (lambda v: v >= 1, "an integer >= 1"),
+    "testset.sim_pool": (lambda v: v >= 0, "an integer >= 0"),
+    "eval.max_users": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                       "null or an integer >= 1"),
+}
+
+
+def _validate(params: dict) -> None:
+    for key, (ok, what) in _RULES.items():
+        node: Any = params
+        try:
+            for part in key.split("."):
+                node = node[part]
+        except (KeyError, TypeError):
+            continue  # a params_dir without this key (tests of the layering itself)
+        if not ok(node):
+            raise ParamsError(f"parameter '{key}' must be {what}, got {node!r}")
+    ds = params.get("dataset")
+    if isinstance(ds, (str, os.PathLike)) and not _known_dataset(str(ds)):
+        from .data.registry import REGISTRY
+        raise ParamsError(f"dataset '{ds}': not a registered name ({', '.join(REGISTRY)}) "
+                          f"nor an existing folder")
+
+
+def _known_dataset(name: str) -> bool:
+    from .data.registry import REGISTRY
+    return name in REGISTRY or Path(name).is_dir()
+
+
+def _is_path(name: str) -> bool:
+    return "/" in name or os.sep in name or name.startswith(".")
+
+
 def load_params(dataset: str | None = None, preset: str | None = None,
                 overrides: Mapping[str, Any] | None = None,
                 params_dir: str | os.PathLike | None = None) -> Params:
@@ -143,16 +189,18 @@ def load_params(dataset: str | None = None, preset: str | None = None,
     preset = preset or over.get("preset") or schema["preset"]
     params["dataset"], params["preset"] = dataset, preset
 
-    ds_file = pdir / "datasets" / f"{Path(str(dataset)).name}.yaml"
-    if ds_file.exists():
+    # a folder path gets no dataset layer: "/tmp/x/ml1m" is not the registered ml1m
+    ds_file = pdir / "datasets" / f"{dataset}.yaml"
+    if not _is_path(str(dataset)) and ds_file.exists():
         _merge(schema, params, _read_yaml(ds_file), str(ds_file))
     pr_file = pdir / "presets" / f"{preset}.yaml"
-    if not pr_file.exists():
+    if _is_path(str(preset)) or not pr_file.exists():
         known = sorted(p.stem for p in (pdir / "presets").glob("*.yaml"))
         raise ParamsError(f"preset '{preset}': no {pr_file} (known: {', '.join(known)})")
     _merge(schema, params, _read_yaml(pr_file), str(pr_file))
     _merge(schema, params, over, "overrides")
     params["dataset"], params["preset"] = dataset, preset
+    _validate(params)
     return _wrap(params)
 
 

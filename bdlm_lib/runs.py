@@ -17,6 +17,20 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where possible (os.umask(0) is racy)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +38,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        # mkstemp creates 0600 files; give the artefact the permissions a plain open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -56,19 +72,36 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def _missing_ancestors(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    out, p = [], path.parent
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Build a folder under a temp name; it appears at `path` only if the block succeeds."""
+    """Build a folder under a temp name; it appears at `path` only if the block succeeds.
+    On failure nothing is left: neither the temp folder nor parent folders this call created."""
     path = Path(path)
+    created = _missing_ancestors(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: others could not read the result
         yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:  # deepest first; stops at the first one someone else filled meanwhile
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise
 
 

@@ -24,7 +24,8 @@ from .prepare import process, sha256_files
 from .testsets import build_testsets, check_no_leakage
 
 SETS = ("valid_topk", "test_topk", "valid_binary", "test_binary")
-MANIFEST_VERSION = 1
+PARQUETS = ("train", "valid", "test", "users", "items") + SETS
+MANIFEST_VERSION = 2  # 2: zero-similarity titles no longer count as similar; stats = Table 1 only
 
 
 def dataset_tag(params: Mapping) -> str:
@@ -50,34 +51,56 @@ def _input_files(folder: Path) -> list[Path]:
                   and p.suffix.lower() in {".dat", ".gz", ".tsv", ".zip", ".json"})
 
 
-def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True) -> Path:
-    """Build the protocol's artefacts for `params` (or reuse matching ones); return the folder."""
+def _locate(params: Mapping, spec: registry.DatasetSpec | None) -> tuple:
+    """(spec, folder, format) — downloading the official files when the folder lacks a dataset."""
+    spec, folder = registry.resolve(str(params["dataset"]), params.get("data_dir"), spec)
+    fmt = params["data"].get("format")
+    try:
+        return spec, folder, fmt or detect_format(folder)
+    except DataError:
+        if spec is None or not spec.downloads:
+            raise
+        if not download.missing_files(spec, folder):
+            raise  # the official files are there but unreadable: the detect error says why
+        if not params["data"].get("download", True):
+            raise DataError(f"{folder}: dataset files missing and data.download is false") from None
+    download.ensure_files(spec, folder)
+    return spec, folder, fmt or detect_format(folder)
+
+
+def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True,
+                    spec: registry.DatasetSpec | None = None) -> Path:
+    """Build the protocol's artefacts for `params` (or reuse matching ones); return the folder.
+
+    `spec` replaces the registered DatasetSpec of `params.dataset` (another download mirror,
+    e.g. `REGISTRY["ml1m"].with_base_url(url)`). Nothing is written under the output folder
+    unless every step succeeds: the folder appears whole (atomic rename) or not at all."""
     out = dataset_dir(params)
     recipe = _recipe(params)
     if not force and (out / "manifest.json").exists():
-        man = read_json(out / "manifest.json")
-        if man.get("recipe") == recipe and man.get("version") == MANIFEST_VERSION:
+        try:
+            man = read_json(out / "manifest.json")
+        except (OSError, ValueError):
+            man = {}
+        if man.get("recipe") == recipe and man.get("version") == MANIFEST_VERSION and all(
+                (out / f"{n}.parquet").exists() for n in PARQUETS):
             return out
     t0 = time.perf_counter()
-    spec, folder = registry.resolve(str(params["dataset"]), params.get("data_dir"))
-    fmt = params["data"].get("format")
-    has_files = folder.is_dir() and any(folder.iterdir())
-    if not has_files:
-        if spec is None or not spec.downloads:
-            raise DataError(f"{folder}: dataset folder is missing or empty")
-        if not params["data"].get("download", True):
-            raise DataError(f"{folder}: dataset files missing and data.download is false")
-        download.ensure_files(spec, folder)
-    fmt = fmt or detect_format(folder)
+    spec, folder, fmt = _locate(params, spec)
     inter, titles = read_raw(folder, fmt, bool(params["data"].get("title_extras")))
     t_read = time.perf_counter() - t0
     proc = process(inter, titles, params["data"]["kcore"], params["data"].get("sample_users"),
                    params["seed"], source=str(folder))
+    t_proc = time.perf_counter() - t0 - t_read
     ts = params["testset"]
-    sets = build_testsets(proc.train, proc.valid, proc.test, proc.items["title"].tolist(),
-                          seed=params["seed"], n_candidates=ts["n_candidates"],
-                          n_binary_neg=ts["n_binary_neg"], sim_pool=ts["sim_pool"])
-    check_no_leakage(proc.train, sets)
+    try:
+        sets = build_testsets(proc.train, proc.valid, proc.test, proc.items["title"].tolist(),
+                              seed=params["seed"], n_candidates=ts["n_candidates"],
+                              n_binary_neg=ts["n_binary_neg"], sim_pool=ts["sim_pool"],
+                              progress=verbose)
+    except ValueError as e:
+        raise DataError(f"{folder}: {e}") from None
+    check_no_leakage(proc.train, sets, proc.valid, proc.test)
     noun = params["data"].get("noun") or (spec.noun if spec else "items")
     manifest = {
         "version": MANIFEST_VERSION,
@@ -90,7 +113,9 @@ def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True) 
         "params": {k: params[k] for k in ("dataset", "seed", "data", "testset")},
         "inputs_sha256": sha256_files(_input_files(folder)),
         "stats": proc.stats,
-        "seconds": {"read": round(t_read, 2), "total": round(time.perf_counter() - t0, 2)},
+        "counts": proc.counts,
+        "seconds": {"read": round(t_read, 2), "process": round(t_proc, 2),
+                    "total": round(time.perf_counter() - t0, 2)},
     }
     with atomic_dir(out) as tmp:
         for name, df in (("train", proc.train), ("valid", proc.valid), ("test", proc.test),
@@ -171,20 +196,27 @@ def load_prepared(path: str | Path) -> RecDataset:
     if not (path / "manifest.json").exists():
         raise DataError(f"{path / 'manifest.json'}: not a prepared dataset folder")
     man = read_json(path / "manifest.json")
+    missing = [n for n in PARQUETS if not (path / f"{n}.parquet").exists()]
+    if missing:
+        raise DataError(f"{path / (missing[0] + '.parquet')}: missing from the prepared folder (rebuild with force=True)")
     rd = {n: pd.read_parquet(path / f"{n}.parquet") for n in ("train", "valid", "test", "users", "items")}
     return RecDataset(path=path, name=man["dataset"], noun=man["noun"],
                       n_users=man["stats"]["users"], n_items=man["stats"]["items"],
                       manifest=man, seed=man["seed"], **rd)
 
 
-def load_dataset(params: Mapping, force: bool = False, verbose: bool = True) -> RecDataset:
+def load_dataset(params: Mapping, force: bool = False, verbose: bool = True,
+                 spec: registry.DatasetSpec | None = None) -> RecDataset:
     """Prepare (or reuse) and load the dataset described by `params`."""
-    return load_prepared(prepare_dataset(params, force=force, verbose=verbose))
+    return load_prepared(prepare_dataset(params, force=force, verbose=verbose, spec=spec))
 
 
-def table1(datasets: list[RecDataset]) -> pd.DataFrame:
-    """Paper Table 1: dataset statistics after k-core."""
-    rows = [{"dataset": d.name, "#users": d.stats["users"], "#items": d.stats["items"],
-             "#interactions": d.stats["interactions"], "sparsity": f"{100 * d.stats['sparsity']:.2f}%"}
-            for d in datasets]
+def table1(datasets: list) -> pd.DataFrame:
+    """Paper Table 1: dataset statistics after k-core, from RecDatasets (or their manifests)."""
+    rows = []
+    for d in datasets:
+        man = d if isinstance(d, Mapping) else d.manifest
+        st = man["stats"]
+        rows.append({"dataset": man["dataset"], "#users": st["users"], "#items": st["items"],
+                     "#interactions": st["interactions"], "sparsity": f"{100 * st['sparsity']:.2f}%"})
     return pd.DataFrame(rows).set_index("dataset")

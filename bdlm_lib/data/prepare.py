@@ -7,7 +7,7 @@ user (ties keep file order), contiguous ids (raw-id maps saved), leave-one-out b
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +23,30 @@ class Processed:
     test: pd.DataFrame      # one row per user: the last interaction
     users: pd.DataFrame     # user, raw_id
     items: pd.DataFrame     # item, raw_id, title (+ genres for ML-1M)
-    stats: dict
+    stats: dict             # Table 1: users, items, interactions, sparsity
+    counts: dict = field(default_factory=dict)  # split sizes, averages, what the filters dropped
 
 
 def kcore(inter: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Iterative k-core: drop users and items with < k interactions until none is left."""
+    """Iterative k-core: drop users and items with < k interactions until none is left.
+
+    The result is the maximal sub-frame in which every user and every item has >= k rows (an
+    interaction outside it can never satisfy both degrees, so removing it loses nothing)."""
     if k <= 1:
         return inter
-    df = inter
+    # integer codes + bincount: ~20x faster than value_counts/map on string ids
+    u, _ = pd.factorize(inter["user_raw"])
+    i, _ = pd.factorize(inter["item_raw"])
+    alive = np.ones(len(inter), dtype=bool)
     while True:
-        ucount = df["user_raw"].map(df["user_raw"].value_counts())
-        icount = df["item_raw"].map(df["item_raw"].value_counts())
-        keep = (ucount >= k) & (icount >= k)
-        if keep.all():
-            return df
-        df = df[keep]
-        if df.empty:
-            return df
+        uc = np.bincount(u[alive], minlength=u.max() + 1 if len(u) else 0)
+        ic = np.bincount(i[alive], minlength=i.max() + 1 if len(i) else 0)
+        drop = alive & ((uc[u] < k) | (ic[i] < k))
+        if not drop.any():
+            return inter[alive]
+        alive &= ~drop
+        if not alive.any():
+            return inter[alive]
 
 
 def _sorted_ids(values: pd.Series) -> np.ndarray:
@@ -55,10 +62,16 @@ def process(inter: pd.DataFrame, titles: pd.DataFrame, kcore_k: int = 5,
             sample_users: int | None = None, seed: int = 42, source: str = "data") -> Processed:
     if inter.empty:
         raise DataError(f"{source}: no interactions")
-    titled = set(titles.loc[titles["title"] != "", "item_raw"])
+    if kcore_k < 1:
+        raise DataError(f"data.kcore={kcore_k}: must be >= 1")
+    if sample_users is not None and sample_users < 1:
+        raise DataError(f"data.sample_users={sample_users}: must be >= 1 (or null for all users)")
+    n_raw = len(inter)
+    titled = titles.loc[titles["title"] != "", "item_raw"]
     inter = inter[inter["item_raw"].isin(titled)]
     if inter.empty:
         raise DataError(f"{source}: no interaction's item has a title")
+    n_titled = len(inter)
     inter = inter.reset_index(drop=True)
     inter["order"] = np.arange(len(inter))
     if sample_users is not None:
@@ -70,10 +83,12 @@ def process(inter: pd.DataFrame, titles: pd.DataFrame, kcore_k: int = 5,
     # chronological per user; file order (or seq_pos) breaks timestamp ties
     sort_cols = ["user_raw", "timestamp"] + (["seq"] if "seq" in inter else []) + ["order"]
     inter = inter.sort_values(sort_cols, kind="stable")
-    inter = inter.drop_duplicates(["user_raw", "item_raw"], keep="first")
+    n_sampled = len(inter)
+    inter = inter.drop_duplicates(["user_raw", "item_raw"], keep="first")  # earliest kept
+    n_dedup = len(inter)
     inter = kcore(inter, kcore_k)
     if inter.empty:
-        raise DataError(f"{source}: nothing left after {kcore_k}-core filtering")
+        raise DataError(f"{source}: nothing left after {kcore_k}-core filtering (data.kcore={kcore_k})")
     n_per_user = inter.groupby("user_raw").size()
     if (n_per_user < 3).any():
         raise DataError(f"{source}: leave-one-out needs >= 3 interactions per user (set data.kcore >= 3)")
@@ -102,10 +117,13 @@ def process(inter: pd.DataFrame, titles: pd.DataFrame, kcore_k: int = 5,
     users = pd.DataFrame({"user": np.arange(len(user_ids)), "raw_id": user_ids.astype(str)})
     n_u, n_i, n = len(user_ids), len(item_ids), len(df)
     stats = {"users": n_u, "items": n_i, "interactions": n,
-             "sparsity": float(1.0 - n / (n_u * n_i)),
-             "train": len(train), "valid": len(valid), "test": len(test),
-             "avg_per_user": n / n_u, "avg_per_item": n / n_i}
-    return Processed(train, valid, test, users, items, stats)
+             "sparsity": float(1.0 - n / (n_u * n_i))}
+    counts = {"train": len(train), "valid": len(valid), "test": len(test),
+              "avg_per_user": n / n_u, "avg_per_item": n / n_i,
+              "raw_interactions": n_raw, "dropped_untitled": n_raw - n_titled,
+              "dropped_duplicates": n_sampled - n_dedup,
+              "dropped_kcore": n_dedup - n}
+    return Processed(train, valid, test, users, items, stats, counts)
 
 
 def sha256_files(paths) -> dict:

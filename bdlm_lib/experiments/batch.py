@@ -1,0 +1,392 @@
+"""Batches: one YAML expands into runs, each run executes notebook(s) with papermill.
+
+Batch YAML (params/batches/*.yaml):
+
+    name: demo                  # folder name: <output_dir>/<dataset>/<name>/<run_id>/
+    preset: demo                # smoke | demo | cpu | paper
+    output_dir: null            # default for --output-dir (null: base.yaml's output_dir)
+    data_dir: null              # null: $BDLM_DATA_DIR
+    notebooks_dir: null         # null: the repo's notebooks/; relative paths: to this YAML
+    kernel: null                # Jupyter kernel (null: the notebook's own kernelspec)
+    execution_timeout: null     # seconds per cell (null: none)
+    overrides: {sft.max_steps: 30}     # applied to every run (dotted or nested keys)
+    methods:                    # extra / redefined method bundles (built-ins: METHODS below)
+      bdlm_ema: {joint.joint: true, joint.ml_update: ema}
+    flags:                      # named ablation-flag bundles crossed with every method
+      mim: {sft.aux_tasks: mim}
+    grid:                       # a mapping or a list of mappings (blocks, unioned in order)
+      datasets: [ml1m]
+      methods: [lightgcn, wo_jl, bdlm]
+      flags: [none]             # "none" = no extra overrides (the default)
+      lambda_ml: [0.1]          # only for joint methods (bundle sets joint.joint: true)
+      seeds: [42]
+    notebooks:                  # steps, executed in this order inside each run
+      - {notebook: 01_data_prep.ipynb, per: dataset}        # once per (dataset, seed): run id data_prep-s42
+      - {notebook: 02_domain_pretraining.ipynb, methods: [lightgcn]}   # per run (default); methods: all = every run
+      - {notebook: 09_report.ipynb, per: batch, id: report} # once, after every other run
+
+Run ids are stable: `<method>[+<flag>]-lam<λ>-s<seed>` for joint methods, `<method>[+<flag>]-s<seed>`
+otherwise (λ does not change them, so a λ grid does not multiply baselines). Runs execute in order:
+per-dataset steps, then the grid (blocks, methods in the listed order — later methods may read
+earlier runs' artefacts, e.g. the LightGCN run before BDLM), then per-batch steps.
+
+Every notebook named must have a cell tagged `parameters` declaring INJECTED (below).
+"""
+from __future__ import annotations
+
+import fnmatch
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+import yaml
+
+from ..params import ParamsError, load_params, save_params
+from ..runs import environment_info, read_json, write_json
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+# What the runner injects into every notebook: its `parameters` cell must declare each of these.
+INJECTED = ("dataset", "preset", "data_dir", "output_dir", "seed", "run_dir", "method", "overrides")
+
+# Named bundles of param overrides (paper §5.3, §5.5). The notebooks also receive `method`, so the
+# ones that differ by code path (llmrec: no SFT; gpt4sm: frozen-LLM text features) branch on it.
+METHODS: dict[str, dict] = {
+    # BDLM and its ablations (λ applies where joint.joint is true)
+    "bdlm": {"joint.joint": True, "llm.extend_tokens": True, "llm.preload": True, "domain.model": "lightgcn"},
+    "wo_jl": {"joint.joint": False, "llm.extend_tokens": True, "llm.preload": True, "domain.model": "lightgcn"},
+    "wo_pe": {"joint.joint": True, "llm.extend_tokens": True, "llm.preload": False, "domain.model": "lightgcn"},
+    "wo_et": {"joint.joint": True, "llm.extend_tokens": False, "domain.model": "lightgcn"},
+    "bdlm_ncf": {"joint.joint": True, "llm.extend_tokens": True, "llm.preload": True, "domain.model": "ncf"},
+    # LLM baselines
+    "llmrec": {"joint.joint": False, "llm.extend_tokens": False, "llm.preload": False, "sft.max_steps": 0},
+    "instructrec": {"joint.joint": False, "llm.extend_tokens": False, "llm.preload": False},
+    "gpt4sm": {"joint.joint": False, "llm.extend_tokens": False, "llm.preload": False, "domain.model": "lightgcn"},
+    # domain baselines (GMF = the schema's mf)
+    "lightgcn": {"domain.model": "lightgcn"},
+    "ncf": {"domain.model": "ncf"},
+    "gmf": {"domain.model": "mf"},
+    "sasrec": {"domain.model": "sasrec"},
+    "gru4rec": {"domain.model": "gru4rec"},
+    "bert4rec": {"domain.model": "bert4rec"},
+}
+
+
+class BatchError(ValueError):
+    """A bad batch file or run: the message names the file, the run and the key."""
+
+
+@dataclass
+class Step:
+    notebook: Path
+    per: str = "run"                 # run | dataset | batch
+    methods: list[str] | None = None # per-run steps: None = all methods
+    id: str = ""
+
+
+@dataclass
+class Run:
+    dataset: str
+    run_id: str
+    method: str
+    seed: int
+    scope: str                       # run | dataset | batch
+    overrides: dict                  # flat dotted keys: batch overrides + method + flag + λ
+    notebooks: list[Path]
+    run_dir: Path
+    flag: str = "none"
+    lambda_ml: float | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "metrics.json").exists()
+
+
+@dataclass
+class Batch:
+    name: str
+    path: Path
+    preset: str
+    runs: list[Run]
+    output_dir: Path
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _list(v: Any, default: list) -> list:
+    if v is None:
+        return list(default)
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def lam_tag(lam: float) -> str:
+    """0.1 -> '0.1', 1e-3 -> '0.001', 10 -> '10', 0 -> '0' (stable, filename-safe)."""
+    return f"{float(lam):g}"
+
+
+def load_batch(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BatchError(f"{path}: batch file not found") from None
+    except yaml.YAMLError as e:
+        raise BatchError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise BatchError(f"{path}: expected a mapping at the top level")
+    known = {"name", "description", "preset", "output_dir", "data_dir", "notebooks_dir", "kernel",
+             "execution_timeout", "overrides", "methods", "flags", "grid", "notebooks"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise BatchError(f"{path}: unknown batch key(s) {unknown} (known: {sorted(known)})")
+    for key in ("name", "grid", "notebooks"):
+        if not spec.get(key):
+            raise BatchError(f"{path}: missing '{key}'")
+    return spec
+
+
+def _steps(spec: dict, path: Path, nb_dir: Path) -> list[Step]:
+    steps = []
+    for i, s in enumerate(spec["notebooks"]):
+        if isinstance(s, str):
+            s = {"notebook": s}
+        if not isinstance(s, dict) or "notebook" not in s:
+            raise BatchError(f"{path}: notebooks[{i}] needs a 'notebook' path")
+        bad = sorted(set(s) - {"notebook", "per", "methods", "id"})
+        if bad:
+            raise BatchError(f"{path}: notebooks[{i}]: unknown key(s) {bad}")
+        nb = Path(s["notebook"])
+        nb = nb if nb.is_absolute() else nb_dir / nb
+        per = s.get("per", "run")
+        if per not in ("run", "dataset", "batch"):
+            raise BatchError(f"{path}: notebooks[{i}]: per must be run | dataset | batch, got {per!r}")
+        methods = s.get("methods", "all")
+        methods = None if methods in (None, "all") else _list(methods, [])
+        stem = nb.stem.split("_", 1)[1] if nb.stem[:2].isdigit() and "_" in nb.stem else nb.stem
+        steps.append(Step(nb, per, methods, str(s.get("id") or stem)))
+    return steps
+
+
+def _check_notebook(nb: Path, path: Path, cache: dict) -> None:
+    """Fail at validation time (before anything runs) on a missing notebook or parameters cell."""
+    if nb in cache:
+        return
+    if not nb.exists():
+        raise BatchError(f"{path}: notebook {nb} does not exist")
+    import papermill as pm
+    try:
+        declared = set(pm.inspect_notebook(str(nb)))
+    except Exception as e:  # unreadable notebook JSON
+        raise BatchError(f"{path}: notebook {nb}: cannot be read ({e})") from None
+    missing = [p for p in INJECTED if p not in declared]
+    if missing:
+        raise BatchError(f"{path}: notebook {nb}: its 'parameters' cell must declare {missing}")
+    cache[nb] = True
+
+
+def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
+                 notebooks_dir: str | Path | None = None) -> Batch:
+    """Expand and validate every run (params resolved, notebooks checked) without executing any.
+    `notebooks_dir` replaces the YAML's (tests expand the real batch files over stub notebooks)."""
+    path = Path(batch_yaml).resolve()
+    spec = load_batch(path)
+    name, preset = str(spec["name"]), str(spec.get("preset") or "demo")
+    nb_dir = Path(notebooks_dir or spec.get("notebooks_dir") or REPO / "notebooks")
+    nb_dir = nb_dir if nb_dir.is_absolute() else (path.parent / nb_dir)
+    out = Path(output_dir or spec.get("output_dir") or load_params(preset=preset)["output_dir"]).resolve()
+    methods = dict(METHODS)
+    for m, bundle in (spec.get("methods") or {}).items():
+        methods[str(m)] = _flatten(bundle or {})
+    flags = {"none": {}, **{str(k): _flatten(v or {}) for k, v in (spec.get("flags") or {}).items()}}
+    base_over = _flatten(spec.get("overrides") or {})
+    steps = _steps(spec, path, nb_dir)
+    blocks = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
+
+    grid_runs: list[tuple] = []
+    all_ds, all_seeds = [], []
+    for b, block in enumerate(blocks):
+        bad = sorted(set(block) - {"datasets", "methods", "flags", "lambda_ml", "seeds"})
+        if bad:
+            raise BatchError(f"{path}: grid[{b}]: unknown key(s) {bad}")
+        dsets = _list(block.get("datasets"), [])
+        if not dsets:
+            raise BatchError(f"{path}: grid[{b}]: 'datasets' is empty")
+        seeds = [int(s) for s in _list(block.get("seeds"), [42])]
+        lams = _list(block.get("lambda_ml"), [None])
+        for d in dsets:
+            all_ds += [str(d)] if str(d) not in all_ds else []
+            for seed in seeds:
+                all_seeds += [seed] if seed not in all_seeds else []
+                for m in _list(block.get("methods"), []):
+                    if m not in methods:
+                        raise BatchError(f"{path}: grid[{b}]: unknown method '{m}' "
+                                         f"(known: {', '.join(sorted(methods))})")
+                    for f in _list(block.get("flags"), ["none"]):
+                        if f not in flags:
+                            raise BatchError(f"{path}: grid[{b}]: unknown flag '{f}' (define it under flags:)")
+                        joint = methods[m].get("joint.joint") is True
+                        for lam in (lams if joint else [None]):
+                            grid_runs.append((str(d), str(m), str(f), seed, lam))
+
+    runs: list[Run] = []
+    seen: set = set()
+
+    def add(dataset, run_id, method, seed, scope, over, notebooks, flag="none", lam=None):
+        if (dataset, run_id) in seen:
+            return
+        seen.add((dataset, run_id))
+        runs.append(Run(dataset, run_id, method, seed, scope, over, notebooks,
+                        out / Path(dataset).name / name / run_id, flag, lam))
+
+    for d in all_ds:
+        for seed in all_seeds:
+            for st in (s for s in steps if s.per == "dataset"):
+                add(d, f"{st.id}-s{seed}", st.id, seed, "dataset", dict(base_over), [st.notebook])
+    for d, m, f, seed, lam in grid_runs:
+        over = {**base_over, **methods[m], **flags[f]}
+        if lam is not None:
+            over["joint.lambda_ml"] = float(lam)
+        nbs = [s.notebook for s in steps if s.per == "run" and (s.methods is None or m in s.methods)]
+        if not nbs:
+            raise BatchError(f"{path}: method '{m}' has no notebook step (give a step with methods: [{m}])")
+        tag = m if f == "none" else f"{m}+{f}"
+        if methods[m].get("joint.joint") is True:
+            lam_v = over.get("joint.lambda_ml")
+            if lam_v is None:  # the preset's λ, resolved below; stable because params are
+                lam_v = load_params(d, preset, base_over).joint.lambda_ml
+            add(d, f"{tag}-lam{lam_tag(lam_v)}-s{seed}", m, seed, "run", over, nbs, f, float(lam_v))
+        else:
+            add(d, f"{tag}-s{seed}", m, seed, "run", over, nbs, f)
+    for st in (s for s in steps if s.per == "batch"):
+        add(all_ds[0], st.id, st.id, all_seeds[0], "batch", dict(base_over), [st.notebook])
+
+    # validate everything before anything runs: a typo fails here, naming the key and the run
+    checked: dict = {}
+    for r in runs:
+        for nb in r.notebooks:
+            _check_notebook(nb, path, checked)
+        try:
+            r.params = load_params(r.dataset, preset, {**r.overrides, "seed": r.seed,
+                                                        "output_dir": str(out),
+                                                        "data_dir": spec.get("data_dir")}).to_dict()
+        except ParamsError as e:
+            raise BatchError(f"{path}: run {r.dataset}/{r.run_id}: {e}") from None
+    return Batch(name, path, preset, runs, out)
+
+
+def headline(metrics: Mapping | None) -> dict:
+    """HR@1, HR@2, F1 of a metrics.json (for a two-sided joint run: the domain side, 'drs')."""
+    m = metrics or {}
+    if "topk" not in m:
+        m = m.get("drs") or m.get("llm") or {}
+    tk, bn = m.get("topk") or {}, m.get("binary") or {}
+    return {"HR@1": tk.get("HR@1"), "HR@2": tk.get("HR@2"), "F1": bn.get("f1")}
+
+
+def _last_line(e: BaseException) -> str:
+    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+    if ename:  # papermill's PapermillExecutionError: the notebook's own exception
+        return f"{ename}: {evalue}".strip().splitlines()[-1] if evalue else ename
+    return traceback.format_exception_only(type(e), e)[-1].strip()
+
+
+def _execute(r: Run, batch: Batch, kernel: str | None, timeout: int | None) -> tuple[str, str | None]:
+    import papermill as pm
+    r.run_dir.mkdir(parents=True, exist_ok=True)
+    (r.run_dir / "error.txt").unlink(missing_ok=True)
+    save_params(r.params, r.run_dir / "params.yaml")
+    write_json(r.run_dir / "environment.json", environment_info())
+    params = {"dataset": r.dataset, "preset": batch.preset, "data_dir": r.params.get("data_dir"),
+              "output_dir": str(batch.output_dir), "seed": r.seed, "run_dir": str(r.run_dir),
+              "method": r.method, "overrides": dict(r.overrides)}
+    try:
+        for nb in r.notebooks:
+            pm.execute_notebook(str(nb), str(r.run_dir / nb.name), parameters=params,
+                                kernel_name=kernel, cwd=str(nb.parent), progress_bar=False,
+                                execution_timeout=timeout)
+        if not r.finished:
+            raise RuntimeError(f"notebook(s) finished without writing {r.run_dir / 'metrics.json'}")
+        return "ok", None
+    except Exception as e:  # record and go on with the other runs
+        err = _last_line(e)
+        # an earlier notebook of this run may have written metrics.json: a failed run must not
+        # look finished to the resume check
+        if r.finished:
+            (r.run_dir / "metrics.json").replace(r.run_dir / "metrics.partial.json")
+        (r.run_dir / "error.txt").write_text(err + "\n", encoding="utf-8")
+        return "failed", err
+
+
+def _row(r: Run, status: str, seconds: float | None, error: str | None = None) -> dict:
+    metrics = read_json(r.run_dir / "metrics.json") if r.finished else None
+    return {"dataset": r.dataset, "run_id": r.run_id, "method": r.method, "flag": r.flag,
+            "lambda_ml": r.lambda_ml, "seed": r.seed, "status": status, **headline(metrics),
+            "seconds": None if seconds is None else round(seconds, 1), "error": error,
+            "run_dir": str(r.run_dir)}
+
+
+def _select(r: Run, only: Iterable[str] | None) -> bool:
+    if not only:
+        return True
+    return any(o == r.method or o in r.run_id or fnmatch.fnmatch(r.run_id, o) for o in only)
+
+
+def _write_summaries(batch: Batch, rows: list[dict]) -> None:
+    by_ds: dict[str, list] = {}
+    for row in rows:
+        by_ds.setdefault(Path(row["dataset"]).name, []).append(row)
+    for ds, rs in by_ds.items():
+        write_json(batch.output_dir / ds / batch.name / "summary.json",
+                   {"batch": batch.name, "batch_yaml": str(batch.path), "preset": batch.preset, "runs": rs})
+
+
+def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
+              only: Iterable[str] | None = None) -> dict:
+    """Validate every run, then execute the unfinished ones (resume); return the summary dict
+    {"batch", "output_dir", "runs": [{run_id, status (ok|failed|done|pending), HR@1, HR@2, F1,
+    seconds, error, ...}]}. `only`: run ids / substrings / globs / method names to execute."""
+    from tqdm.auto import tqdm
+    batch = expand_batch(batch_yaml, output_dir)
+    spec = load_batch(batch.path)
+    kernel, timeout = spec.get("kernel"), spec.get("execution_timeout")
+    rows: dict[str, dict] = {}
+    for r in batch.runs:  # the state before this invocation
+        prev = read_json(r.run_dir / "run.json") if (r.run_dir / "run.json").exists() else {}
+        status = "done" if r.finished else "pending"
+        rows[r.dataset + "/" + r.run_id] = _row(r, status, prev.get("seconds") if r.finished else None)
+    todo = [r for r in batch.runs if not r.finished and _select(r, only)]
+    print(f"batch {batch.name}: {len(batch.runs)} runs, {len(batch.runs) - len(todo)} finished or "
+          f"not selected, {len(todo)} to run -> {batch.output_dir}")
+    for r in tqdm(todo, desc=f"batch {batch.name}", unit="run"):
+        t0 = time.perf_counter()
+        info = {"batch": batch.name, "dataset": r.dataset, "run_id": r.run_id, "method": r.method,
+                "flag": r.flag, "lambda_ml": r.lambda_ml, "seed": r.seed, "scope": r.scope,
+                "preset": batch.preset, "overrides": r.overrides,
+                "notebooks": [nb.name for nb in r.notebooks]}
+        write_json(r.run_dir / "run.json", {**info, "status": "running"})
+        status, err = _execute(r, batch, kernel, timeout)
+        secs = time.perf_counter() - t0
+        write_json(r.run_dir / "run.json", {**info, "status": status, "seconds": round(secs, 1), "error": err})
+        rows[r.dataset + "/" + r.run_id] = _row(r, status, secs, err)
+        _write_summaries(batch, list(rows.values()))
+    _write_summaries(batch, list(rows.values()))
+    table = pd.DataFrame(list(rows.values()))[["dataset", "run_id", "status", "HR@1", "HR@2", "F1", "seconds"]]
+    fmt = {c: (lambda x: "" if pd.isna(x) else f"{x:.4f}") for c in ("HR@1", "HR@2", "F1")}
+    print(table.to_string(index=False, formatters=fmt))
+    for row in rows.values():
+        if row["status"] == "failed":
+            print(f"FAILED {row['dataset']}/{row['run_id']}: {row['error']}  ({row['run_dir']}/error.txt)")
+    return {"batch": batch.name, "output_dir": str(batch.output_dir), "runs": list(rows.values())}

@@ -1,0 +1,118 @@
+"""Report assembly from stored run folders: real smoke-preset ML-1M test sets scored by simple
+real scorers through metrics.evaluate, stored as the batch runner and notebooks store them."""
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bdlm_lib import load_params
+from bdlm_lib.data import load_dataset
+from bdlm_lib.experiments.report import build_report, collect_runs, paired_test, per_user
+from bdlm_lib.metrics import evaluate
+from bdlm_lib.runs import write_json
+
+
+def scorer(strength: float, seed: int):
+    """Noise plus `strength` times the label: 0 = chance, large = near-perfect (no ties)."""
+    def fn(frame: pd.DataFrame) -> np.ndarray:
+        rng = np.random.default_rng(seed + len(frame))
+        return strength * frame["label"].to_numpy() + rng.normal(size=len(frame))
+    return fn
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("outputs")
+    params = load_params("ml1m", "smoke", {"output_dir": str(out)})
+    ds = load_dataset(params, verbose=False)
+
+    def store(run_id, method, sides, lam=None):
+        run = out / "ml1m" / "t" / run_id
+        metrics, preds = {}, []
+        for side, strength in sides.items():
+            m, p = evaluate(scorer(strength, zlib.crc32((run_id + side).encode()) % 1000), ds, max_users=40,
+                            return_predictions=True)
+            metrics[side] = m
+            preds.append(p.assign(side=side))
+        write_json(run / "run.json", {"method": method, "lambda_ml": lam, "seed": 42, "preset": "smoke"})
+        # two-sided runs as joint/run.py writes them: drs copied to the top level too
+        write_json(run / "metrics.json", metrics["main"] if "main" in metrics else {**metrics["drs"], **metrics})
+        pd.concat(preds).to_parquet(run / "predictions.parquet")
+
+    store("instructrec-s42", "instructrec", {"main": 0.3})
+    store("lightgcn-s42", "lightgcn", {"main": 1.0})
+    store("ncf-s42", "ncf", {"main": 0.5})
+    store("wo_jl-s42", "wo_jl", {"llm": 1.2, "drs": 1.5})
+    store("wo_pe-lam0.1-s42", "wo_pe", {"llm": 1.3, "drs": 1.6}, 0.1)
+    store("wo_et-lam0.1-s42", "wo_et", {"llm": 0.9, "drs": 1.4}, 0.1)
+    store("bdlm_ncf-lam0.1-s42", "bdlm_ncf", {"llm": 1.5, "drs": 2.0}, 0.1)
+    for lam, s in ((0.0, 1.5), (0.01, 2.0), (0.1, 3.0), (1.0, 2.5)):
+        store(f"bdlm-lam{lam:g}-s42", "bdlm", {"llm": s - 0.5, "drs": s}, lam)
+    write_json(out / "ml1m" / "t" / "data_prep-s42" / "metrics.json", {"stats": ds.stats})  # not a method
+    return out, ds
+
+
+def test_report_files_tables_and_ci(outputs):
+    out, ds = outputs
+    md = build_report(out, n_boot=300)
+    rep = out / "report"
+    assert md == rep / "report.md"
+    for f in ("report.md", "report.html", "table1.csv", "table3.csv", "table4.csv", "significance.csv",
+              "fig5_ablations.png", "fig6_lambda.png"):
+        assert (rep / f).stat().st_size > 0, f
+    assert (rep / "fig5_ablations.png").read_bytes()[:4] == b"\x89PNG"
+    t1 = pd.read_csv(rep / "table1.csv")
+    assert t1.loc[0, "#users"] == ds.n_users and t1.loc[0, "dataset"] == "ml1m"
+
+    summary = pd.read_csv(rep / "summary.csv")
+    assert set(summary["label"]) >= {"InstructRec", "LightGCN", "NCF", "BDLM-llm", "BDLM-drs", "w/o JL-drs",
+                                     "w/o PE-llm", "w/o ET-drs", "BDLM-NCF-llm", "BDLM-NCF-drs"}
+    for m in ("HR@1", "HR@2", "F1"):  # every CI holds its point estimate
+        assert (summary[f"{m} lo"] <= summary[m] + 1e-12).all() and (summary[m] <= summary[f"{m} hi"] + 1e-12).all()
+        assert (summary[f"{m} hi"] - summary[f"{m} lo"] > 0).any()
+    # Table 3's BDLM comes from the default λ (0.1), not the best one on test
+    bd = summary.set_index("label").loc["BDLM-drs"]
+    assert bd["runs"].endswith("bdlm-lam0.1-s42")
+    stored = json.loads((out / "ml1m" / "t" / "bdlm-lam0.1-s42" / "metrics.json").read_text())
+    assert bd["HR@1"] == pytest.approx(stored["drs"]["topk"]["HR@1"])
+
+    # Improv. = (best BDLM - best baseline) / best baseline, per metric
+    s = summary.set_index("label")
+    for m in ("HR@1", "F1"):
+        best_base = s.loc[["InstructRec", "LightGCN", "NCF"], m].max()
+        best_ours = s.loc[["BDLM-llm", "BDLM-drs"], m].max()
+        imp = json.loads((rep / "improvement.json").read_text())["improvement"][f"ml1m {m}"]
+        assert imp == pytest.approx((best_ours - best_base) / best_base)
+        t3 = pd.read_csv(rep / "table3.csv", index_col=0)
+        assert t3.loc["Improv.", f"ml1m {m}"] == f"{100 * imp:+.1f}%"
+    assert "Improv." in md.read_text() and "<table" in (rep / "report.html").read_text()
+
+    sig = pd.read_csv(rep / "significance.csv")
+    row = sig[sig["metric"] == "HR@1"].iloc[0]
+    assert row["BDLM"] == s.loc[["BDLM-llm", "BDLM-drs"], "HR@1"].idxmax()
+    assert row["best baseline"] == s.loc[["InstructRec", "NCF", "LightGCN"], "HR@1"].idxmax()
+    assert row["delta lo"] <= row["delta"] <= row["delta hi"]
+    assert row["p (McNemar exact)"] < 0.05 and row["wins"] > row["losses"]
+
+
+def test_per_user_matches_metrics_and_paired_test(outputs):
+    out, _ = outputs
+    runs = collect_runs(out)
+    r = runs[(runs["run_id"] == "lightgcn-s42")].iloc[0]
+    p = pd.read_parquet(r["run_dir"] + "/predictions.parquet")
+    u = per_user(p, r["threshold"])
+    assert u["hit1"].mean() == pytest.approx(r["HR@1"]) and u["hit2"].mean() == pytest.approx(r["HR@2"])
+    tp, fp, fn = u["tp"].sum(), u["fp"].sum(), u["fn"].sum()
+    assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(r["F1"])
+    same = paired_test(u, u, n_boot=100)
+    assert same["HR@1"]["p_mcnemar"] == 1.0 and same["HR@1"]["delta"] == 0.0
+    assert same["F1"]["ci"] == [0.0, 0.0]
+
+
+def test_report_on_empty_outputs(tmp_path):
+    md = build_report(tmp_path, n_boot=50)
+    assert "no runs found" in md.read_text()
