@@ -1,0 +1,63 @@
+"""Domain-specific recommenders (SPEC §2): MF/GMF, NCF, LightGCN, SASRec, GRU4Rec, BERT4Rec behind
+one interface (`base.DomainModel`), one trainer, and run artefacts under
+`<output_dir>/<dataset>/domain/<model>/`.
+
+    model = build_domain_model("lightgcn", ds.n_users, ds.n_items, params, ds=ds)
+    history = train_domain(model, ds, params, run_dir)
+    metrics = evaluate_domain(model, ds, params)
+    model, metrics, run_dir = run_domain(params)       # all of it, with artefacts
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .base import DomainModel, SequenceModel
+from .lightgcn import LightGCN
+from .mf import MF
+from .ncf import NCF
+from .sequential import BERT4Rec, GRU4Rec, SASRec
+
+MODELS = ("mf", "ncf", "lightgcn", "sasrec", "gru4rec", "bert4rec")
+
+
+def build_domain_model(name: str, n_users: int, n_items: int, params: Mapping, ds=None) -> DomainModel:
+    """A fresh model, its initial weights drawn from params.seed (the global RNG is left as it
+    was). LightGCN needs `ds` for its train graph and the sequence models for the train
+    histories (or a saved state dict to load them from, as `load_domain` does)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(params["seed"]))
+        return _build(name, n_users, n_items, params, ds)
+
+
+def _build(name, n_users, n_items, params, ds):
+    d = params["domain"]
+    dim = int(d["dim"])
+    if name == "mf":
+        return MF(n_users, n_items, dim)
+    if name == "ncf":
+        return NCF(n_users, n_items, dim, d["mlp_layers"], d["dropout"])
+    if name == "lightgcn":
+        tu = ds.train["user"].to_numpy() if ds is not None else None
+        ti = ds.train["item"].to_numpy() if ds is not None else None
+        return LightGCN(n_users, n_items, dim, d["n_layers"], tu, ti)
+    seqs = ds.train_sequences() if ds is not None else None
+    common = dict(sequences=seqs, max_seq_len=int(d["max_seq_len"]), dropout=d["dropout"])
+    if name == "sasrec":
+        return SASRec(n_users, n_items, dim, n_layers=d["n_layers"], n_heads=d["n_heads"], **common)
+    if name == "gru4rec":
+        return GRU4Rec(n_users, n_items, dim, **common)
+    if name == "bert4rec":
+        return BERT4Rec(n_users, n_items, dim, n_layers=d["n_layers"], n_heads=d["n_heads"],
+                        mask_prob=d["mask_prob"], **common)
+    raise ValueError(f"domain.model: unknown model {name!r} ({' | '.join(MODELS)})")
+
+
+from .trainer import NegativeSampler, evaluate_domain, train_domain  # noqa: E402
+from .run import load_domain, run_domain, save_domain  # noqa: E402
+from .plots import plot_history  # noqa: E402
+
+__all__ = ["MODELS", "DomainModel", "SequenceModel", "MF", "NCF", "LightGCN", "SASRec", "GRU4Rec",
+           "BERT4Rec", "build_domain_model", "train_domain", "evaluate_domain", "run_domain",
+           "save_domain", "load_domain", "plot_history", "NegativeSampler"]

@@ -1,0 +1,97 @@
+"""LightGCN (He et al. 2020) on plain torch.sparse.
+
+    A_hat = D^{-1/2} A D^{-1/2},  A = [[0, R], [R^T, 0]]  (the user-item bipartite train graph)
+    X^{k+1} = A_hat X^k,          z = mean(X^0, ..., X^K),  logit = <z_u, z_i>,  f_D = z_u ⊙ z_i
+
+A_hat is built once as a CSR tensor. Because it is symmetric, the backward of X -> A_hat X is
+A_hat G: `SymmetricSpMM` reuses the same CSR matrix instead of letting autograd build a transpose
+(or gather/scatter an [edges, d] message tensor as message-passing libraries do) — this is what
+makes a d = 576 propagation over ML-1M's ~2M directed edges cheap on two cores.
+
+The train edges are kept as buffers (`graph_users`, `graph_items`), so a saved model rebuilds its
+graph without the dataset.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import DomainModel
+
+
+def normalized_adjacency(users, items, n_users: int, n_items: int) -> torch.Tensor:
+    """Symmetric-normalised bipartite adjacency of the (deduplicated) edges, as sparse CSR."""
+    u = torch.as_tensor(np.asarray(users), dtype=torch.long)
+    i = torch.as_tensor(np.asarray(items), dtype=torch.long) + n_users
+    key = torch.unique(u * (n_users + n_items) + i)        # repeated interactions count once
+    u, i = key // (n_users + n_items), key % (n_users + n_items)
+    n = n_users + n_items
+    rows, cols = torch.cat([u, i]), torch.cat([i, u])
+    deg = torch.bincount(rows, minlength=n).float()
+    dinv = deg.pow(-0.5)
+    dinv[deg == 0] = 0.0
+    vals = dinv[rows] * dinv[cols]
+    with warnings.catch_warnings():      # "sparse CSR support is in beta": known, and used on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n), check_invariants=False)
+        return coo.coalesce().to_sparse_csr()
+
+
+class SymmetricSpMM(torch.autograd.Function):
+    """y = A x for a symmetric sparse A; dL/dx = A^T g = A g (no transpose built)."""
+
+    @staticmethod
+    def forward(ctx, A, x):
+        ctx.A = A
+        return torch.sparse.mm(A, x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, torch.sparse.mm(ctx.A, g)
+
+
+def propagate(A: torch.Tensor, x0: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """mean(x0, A x0, ..., A^K x0)."""
+    out, x = x0, x0
+    for _ in range(n_layers):
+        x = SymmetricSpMM.apply(A, x)
+        out = out + x
+    return out / (n_layers + 1)
+
+
+class LightGCN(DomainModel):
+    name = "lightgcn"
+
+    def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int = 3,
+                 train_users=None, train_items=None):
+        super().__init__(n_users, n_items, dim)
+        self.n_layers = int(n_layers)
+        self.user_emb = nn.Embedding(n_users, dim)
+        self.item_emb = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.user_emb.weight, std=0.1)      # the LightGCN paper's init
+        nn.init.normal_(self.item_emb.weight, std=0.1)
+        gu = torch.tensor(np.asarray(train_users if train_users is not None else []), dtype=torch.int32)
+        gi = torch.tensor(np.asarray(train_items if train_items is not None else []), dtype=torch.int32)
+        self.register_buffer("graph_users", gu)
+        self.register_buffer("graph_items", gi)
+        self._adj: torch.Tensor | None = None
+
+    def adjacency(self) -> torch.Tensor:
+        if self._adj is None:    # built lazily: after load_state_dict the buffers hold the edges
+            if len(self.graph_users) == 0:
+                raise ValueError("lightgcn: no training graph (build it with ds= or load a saved model)")
+            self._adj = normalized_adjacency(self.graph_users.numpy(), self.graph_items.numpy(),
+                                             self.n_users, self.n_items)
+        return self._adj
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._adj = None          # new edges -> rebuild A_hat on next use
+
+    def embeddings(self):
+        x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        z = propagate(self.adjacency(), x0, self.n_layers)
+        return z[:self.n_users], z[self.n_users:]

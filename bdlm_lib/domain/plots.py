@@ -1,0 +1,33 @@
+"""Training curves of a domain run (seaborn), saved as PNG next to its metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def plot_history(history: list[dict], path=None, title: str | None = None):
+    """Two panels: train loss and validation HR@1 per epoch. Returns the figure; with `path`,
+    also writes it as PNG."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    df = pd.DataFrame(history)
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    sns.lineplot(data=df, x="epoch", y="loss", marker="o", ax=axes[0])
+    axes[0].set_title("train loss")
+    ev = df.dropna(subset=["valid_hr1"])
+    sns.lineplot(data=ev, x="epoch", y="valid_hr1", marker="o", color="C1", ax=axes[1])
+    axes[1].set_title("validation HR@1")
+    axes[1].set_ylabel("HR@1")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        from ..runs import atomic_write_bytes
+        import io
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        atomic_write_bytes(Path(path), buf.getvalue())
+    return fig
