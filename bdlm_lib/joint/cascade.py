@@ -1,0 +1,101 @@
+"""BDLM-drs scoring: the cascade LLM -> h_L -> LLM-enhanced domain model (SPEC §5, last line).
+
+top-K: one LLM forward pass over each user's top-K prompt (no answer), h_L read at each of the 20
+candidates' tokens (`<iid_j>`, or the last title token without ET), then the enhanced domain model
+scores the 20 (user, candidate, h_L) triples. binary: the item's token in the binary prompt.
+With ET the same forward pass also gives the LLM's own top-K scores (logits of the candidates'
+`<iid>` tokens at the answer position, exactly what `llm.scoring.score_topk` computes), which the
+trainer uses to validate both sides with one pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..llm.scoring import _batches, _fill, _pad_id, _progress, restricted_logits, score_topk_prompts
+from ..llm.sft import collate, lm_forward
+
+
+@torch.no_grad()
+def _candidate_hidden(llm, prompts, pad: int):
+    """(LMOutput, h_L [B, C, h] at each prompt's candidates, or at its target for binary)."""
+    batch = collate(prompts, pad, with_answer=False)
+    dev = llm.get_input_embeddings().weight.device
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        out = lm_forward(llm, batch, need_items=True)
+    cols = []
+    for p in prompts:
+        want = "candidate" if p.task == "topk" else "target"
+        cols.append([m for m, r in enumerate(p.item_roles) if r == want])
+    C = max(len(c) for c in cols)
+    if any(len(c) != C for c in cols):
+        raise ValueError("cascade: prompts of one batch differ in their number of candidates")
+    idx = torch.tensor(cols, dtype=torch.long, device=out.item_hidden.device)
+    h = out.item_hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, out.item_hidden.shape[-1]))
+    return out, h.float()
+
+
+@torch.no_grad()
+def cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size: int = 8, progress: bool = False,
+                         with_llm: bool = False):
+    """Per prompt, the enhanced model's scores of its candidates (prompt order); with `with_llm`
+    and ET also the LLM's candidate logits from the same pass (else None)."""
+    drs: list = [None] * len(prompts)
+    lls: list = [None] * len(prompts)
+    pad = _pad_id(builder.tok)
+    was = llm.training
+    llm.eval()
+    n_b = (len(prompts) + batch_size - 1) // batch_size
+    with enhanced.domain.inference():
+        enhanced.eval()
+        for idx in _progress(_batches(prompts, batch_size), n_b, "cascade top-K", progress):
+            ps = [prompts[i] for i in idx]
+            out, h = _candidate_hidden(llm, ps, pad)
+            B, C, H = h.shape
+            users = np.repeat([p.user for p in ps], C)
+            items = np.concatenate([p.candidates for p in ps])
+            s = enhanced(users, items, h.reshape(B * C, H).cpu()).double().cpu().numpy().reshape(B, C)
+            ll = None
+            if with_llm and builder.et:
+                tid = torch.as_tensor(np.stack([builder.tm.item_id(p.candidates) for p in ps]))
+                ll = restricted_logits(llm, out.answer_hidden.float(), tid).cpu().numpy()
+            for k, i in enumerate(idx):
+                drs[i] = s[k]
+                lls[i] = None if ll is None else ll[k]
+    llm.train(was)
+    if with_llm and not builder.et:     # text only: the LLM ranks by title likelihood
+        lls = score_topk_prompts(llm, builder, prompts, batch_size)
+    return drs, (lls if with_llm else None)
+
+
+@torch.no_grad()
+def cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size: int = 8,
+                           progress: bool = False) -> np.ndarray:
+    out = np.zeros(len(prompts))
+    pad = _pad_id(builder.tok)
+    was = llm.training
+    llm.eval()
+    n_b = (len(prompts) + batch_size - 1) // batch_size
+    with enhanced.domain.inference():
+        enhanced.eval()
+        for idx in _progress(_batches(prompts, batch_size), n_b, "cascade binary", progress):
+            ps = [prompts[i] for i in idx]
+            _, h = _candidate_hidden(llm, ps, pad)
+            users = np.array([p.user for p in ps])
+            items = np.array([p.target for p in ps])
+            out[idx] = enhanced(users, items, h[:, 0].cpu()).double().cpu().numpy()
+    llm.train(was)
+    return out
+
+
+def make_cascade_score_fn(llm, builder, enhanced, batch_size: int = 8, progress: bool = True):
+    """`score_fn(frame)` for `bdlm_lib.metrics.evaluate` (BDLM-drs)."""
+    def score_fn(frame: pd.DataFrame) -> np.ndarray:
+        if "position" in frame.columns:
+            prompts = builder.topk_prompts(frame, with_answer=False)
+            drs, _ = cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size, progress)
+            return _fill(frame, prompts, drs)
+        prompts = builder.binary_prompts(frame, with_answer=False)
+        return cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size, progress)
+    return score_fn

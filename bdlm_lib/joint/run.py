@@ -1,0 +1,227 @@
+"""BDLM end to end: `run_bdlm(params, ds=None, domain_run=None) -> (metrics_llm, metrics_drs, run_dir)`.
+
+    pre-trained domain model (reused run or run_domain)  ->  LLM + ET + PE  ->  M = P(E^D)
+    -> JointTrainer (Algorithm 1)  ->  best state per side on validation HR@1
+    -> BDLM-llm: llm.scoring on the test sets;  BDLM-drs: the cascade LLM -> h_L -> enhanced model
+
+Run folder `<output_dir>/<dataset>/bdlm/<variant>/`: metrics.json (the shared layout for BDLM-drs,
+the paper's headline, plus `llm` and `drs` sub-dicts), metrics_llm.json, metrics_drs.json,
+history.json (per-step losses and distances, validation records), llm_rows.safetensors,
+domain.safetensors (P-mapped rows; raw rows as user_raw/item_raw), sharing.safetensors (keys
+`user`, `item`; the three at the end of training), training.png, params.yaml, environment.json.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from ..metrics import evaluate, topk_metrics
+from ..runs import write_run
+from .cascade import cascade_topk_prompts, make_cascade_score_fn
+from .enhanced import EnhancedDomainModel
+from .sharing import DomainProjection, InformationSharingModule
+from .trainer import CKPT, JointTrainer
+
+
+def variant_name(params: Mapping) -> str:
+    """e.g. lightgcn-lam0.1, lightgcn-woPE-lam0.1, lightgcn-woET, lightgcn-woJL, ncf-lam0.1-ema."""
+    j, llm = params["joint"], params["llm"]
+    if j.get("variant"):
+        return str(j["variant"])
+    parts = [params["domain"]["model"]]
+    if not llm["extend_tokens"]:
+        parts.append("woET")
+    elif not llm["preload"]:
+        parts.append("woPE")
+    if not j["joint"]:
+        parts.append("woJL")
+    elif llm["extend_tokens"]:
+        parts.append(f"lam{float(j['lambda_ml']):g}")
+        if j["ml_update"] != "copy":
+            parts.append(f"{j['ml_update']}{float(j['ml_momentum']):g}")
+    return "-".join(parts)
+
+
+def _same(a, b) -> bool:
+    from ..params import _plain
+    return yaml.safe_dump(_plain(a), sort_keys=True) == yaml.safe_dump(_plain(b), sort_keys=True)
+
+
+def pretrained_domain(params: Mapping, ds, domain_run=None):
+    """(model, run_dir): `domain_run` if given, else the finished run under
+    <output_dir>/<dataset>/domain/<model>/ trained with the same data/domain params, else a new
+    run_domain."""
+    from ..domain import load_domain, run_domain
+    if domain_run is not None:
+        return load_domain(domain_run), Path(domain_run)
+    name = params["domain"]["model"]
+    parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "domain"
+    for cand in sorted(parent.glob(f"{name}*")) if parent.is_dir() else []:
+        if not (cand / "metrics.json").exists() or not (cand / "params.yaml").exists():
+            continue
+        with open(cand / "params.yaml", encoding="utf-8") as f:
+            saved = yaml.safe_load(f)
+        if all(_same(saved.get(k), params[k]) for k in ("dataset", "seed", "data", "testset", "domain")):
+            return load_domain(cand), cand
+    model, _, run_dir = run_domain(params, ds)
+    return model, run_dir
+
+
+def _fingerprint(params: Mapping) -> str:
+    import hashlib
+    from ..params import _plain
+    return hashlib.sha256(yaml.safe_dump(_plain(params), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def claim_run_dir(parent: Path, name: str, params: Mapping) -> Path:
+    """`parent/name` (or `name-2`, ...): a finished run is never reused, and an unfinished one only
+    by a run with the same params (a resume) — its `run.json` holds the params' fingerprint — so two
+    presets of one variant running at once get different folders."""
+    from ..runs import read_json, write_json
+    fp = _fingerprint(params)
+    k = 1
+    while True:
+        run = Path(parent) / (name if k == 1 else f"{name}-{k}")
+        if not run.exists() or (not (run / "metrics.json").exists() and not any(run.iterdir())):
+            run.mkdir(parents=True, exist_ok=True)
+            write_json(run / "run.json", {"fingerprint": fp})
+            return run
+        if not (run / "metrics.json").exists() and (run / "run.json").exists() \
+                and read_json(run / "run.json").get("fingerprint") == fp:
+            return run
+        k += 1
+
+
+def build_joint(params: Mapping, ds, domain, llm, tokenizer, run_dir=None, progress: bool = True,
+                samples=None, engine_factory=None) -> JointTrainer:
+    """ET (+PE) on `llm`, P, M = P(E^D), the enhanced model and the trainer (validation wired)."""
+    from ..llm.prompts import PromptBuilder
+    from ..llm.tokens import extend_tokens, preload, word_norm
+    seed = int(params.get("seed", 42))
+    tm = None
+    h = llm.get_input_embeddings().weight.shape[1]
+    with torch.no_grad():
+        U, I = domain.embeddings()
+        U, I = U.detach().float(), I.detach().float()
+    proj = DomainProjection(domain.dim, h, seed)
+    M = None
+    if params["llm"]["extend_tokens"]:
+        tm = extend_tokens(llm, tokenizer, ds.n_users, ds.n_items)
+        if params["llm"]["preload"]:
+            preload(llm, tm, U, I, proj=None, seed=seed)   # the same map + scale as P below
+        proj.calibrate(U, I, word_norm(llm, tm))
+        M = InformationSharingModule.from_domain(domain, proj, params["joint"]["ml_update"],
+                                                 params["joint"]["ml_momentum"])
+    builder = PromptBuilder(ds, tokenizer, params, token_map=tm)
+    enhanced = EnhancedDomainModel(domain, h)
+    trainer = JointTrainer(llm, tokenizer, tm, builder, enhanced, proj, M, params, ds, samples=samples,
+                           run_dir=run_dir, progress=progress, validate_fn=validation(params, ds),
+                           engine_factory=engine_factory)
+    return trainer
+
+
+def validation(params: Mapping, ds):
+    """validate_fn for the trainer: valid top-K HR@1 of both sides from one cascade pass (ET)."""
+    j = params["joint"]
+    users = j.get("valid_users") or params["eval"]["max_users"]
+    frame = ds.topk("valid", max_users=users)
+    bs = int(params["sft"].get("eval_batch_size") or 8)
+    cache = {}
+
+    def fn(trainer) -> dict:
+        from ..llm.scoring import _fill
+        if "prompts" not in cache:
+            cache["prompts"] = trainer.builder.topk_prompts(frame, with_answer=False)
+        prompts = cache["prompts"]
+        drs, lls = cascade_topk_prompts(trainer.eval_model(), trainer.builder, trainer.enhanced, prompts, bs,
+                                        progress=False, with_llm=True)
+        return {"llm_HR@1": topk_metrics(frame, _fill(frame, prompts, lls), ks=(1,))["HR@1"],
+                "drs_HR@1": topk_metrics(frame, _fill(frame, prompts, drs), ks=(1,))["HR@1"]}
+    return fn
+
+
+def save_embeddings(trainer: JointTrainer, run_dir: Path) -> None:
+    """llm_rows / domain / sharing .safetensors (keys user, item) for the embedding explorer
+    (computed on every rank: gathering ZeRO-3 weights is collective; rank 0 writes)."""
+    from .llm_io import id_tables
+    with torch.no_grad():
+        U, I = trainer.enhanced.domain.embeddings()
+        U, I = U.detach().float().contiguous(), I.detach().float().contiguous()
+        dom = {"user": trainer.proj(U, "user").contiguous(), "item": trainer.proj(I, "item").contiguous(),
+               "user_raw": U, "item_raw": I}
+    rows = id_tables(trainer.llm, trainer.tm) if trainer.tm is not None else None
+    if trainer.rank != 0:
+        return
+    save_file(dom, str(run_dir / "domain.safetensors"))
+    if rows is not None:
+        save_file({"user": rows[0].contiguous(), "item": rows[1].contiguous()}, str(run_dir / "llm_rows.safetensors"))
+        save_file({"user": trainer.M.M_U.contiguous(), "item": trainer.M.M_I.contiguous()},
+                  str(run_dir / "sharing.safetensors"))
+
+
+def run_bdlm(params: Mapping, ds=None, domain_run=None, progress: bool = True, run_dir=None):
+    """Train and evaluate one BDLM variant; returns (metrics_llm, metrics_drs, run_dir).
+    An unfinished run folder of the same variant (checkpoint present) is resumed."""
+    from ..data import load_dataset
+    from ..llm.backbone import load_backbone
+    if params["joint"].get("deepspeed_config"):
+        from .deepspeed_entry import run_bdlm_deepspeed
+        return run_bdlm_deepspeed(params, ds, domain_run, progress)
+    t0 = time.perf_counter()
+    if ds is None:
+        ds = load_dataset(params)
+    domain, domain_dir = pretrained_domain(params, ds, domain_run)
+    lp = params["llm"]
+    llm, tok = load_backbone(lp["backbone"], lp.get("model_cache"), lp.get("dtype", "float32"))
+    if torch.cuda.is_available():
+        llm = llm.cuda()
+    parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "bdlm"
+    run_dir = claim_run_dir(parent, variant_name(params), params) if run_dir is None else Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = build_joint(params, ds, domain, llm, tok, run_dir=run_dir, progress=progress)
+    trainer.train()
+    return finish_run(trainer, params, ds, run_dir, domain_dir, t0, progress)
+
+
+def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain_dir, t0: float,
+               progress: bool = True):
+    """After training: embeddings, best state per side, test metrics of both sides, artefacts.
+    Under DeepSpeed every rank runs it (ZeRO-3 forward passes are collective); rank 0 writes."""
+    import shutil
+
+    from ..llm.scoring import make_score_fn
+    from .plots import plot_joint_history
+    history = trainer.history
+    train_seconds = time.perf_counter() - t0
+    save_embeddings(trainer, run_dir)
+    bs = int(params["sft"].get("eval_batch_size") or 8)
+    mu = params["eval"]["max_users"]
+    ks = params["eval"]["ks"]
+    show = progress and trainer.rank == 0
+    trainer.load_side(run_dir / "best_llm", "llm")
+    m_llm = evaluate(make_score_fn(trainer.eval_model(), trainer.builder, bs, show), ds, "test", mu, ks)
+    trainer.load_side(run_dir / "best_drs", "drs")
+    m_drs = evaluate(make_cascade_score_fn(trainer.eval_model(), trainer.builder, trainer.enhanced, bs, show),
+                     ds, "test", mu, ks)
+    info = {"method": "bdlm", "variant": variant_name(params), "dataset": str(params["dataset"]),
+            "preset": params.get("preset"), "domain_model": params["domain"]["model"],
+            "domain_run": str(domain_dir), "best": history["best"], "steps": trainer.n_global,
+            "deepspeed": trainer.engine is not None, "world_size": trainer.world,
+            "train_seconds": round(train_seconds, 2),
+            "wall_seconds": round(time.perf_counter() - t0, 2)}
+    m_llm = {**m_llm, **info, "side": "llm"}
+    m_drs = {**m_drs, **info, "side": "drs"}
+    if trainer.rank == 0:
+        import matplotlib.pyplot as plt
+        plt.close(plot_joint_history(history, run_dir / "training.png", title=f"BDLM {variant_name(params)}"))
+        metrics = {**m_drs, "llm": m_llm, "drs": m_drs}
+        write_run(run_dir, params, metrics, extra={"history.json": history, "metrics_llm.json": m_llm,
+                                                   "metrics_drs.json": m_drs})
+        for d in (CKPT, CKPT + "_ds"):   # finished: the resumable state is not needed
+            shutil.rmtree(run_dir / d, ignore_errors=True)
+    return m_llm, m_drs, run_dir

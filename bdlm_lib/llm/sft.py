@@ -1,0 +1,316 @@
+"""Supervised fine-tuning on the recommendation prompts (paper Eq. 3-4) and the batched forward
+pass the joint trainer builds on.
+
+`collate` pads a list of `Prompt`s (right padding, explicit position ids) into tensors with
+labels = -100 everywhere except the answer tokens. `lm_forward` runs the transformer body once and
+returns the answer-token loss, the next-token logits at the answer position and the last-layer
+hidden states h_L at every item position (what the joint trainer concatenates with f_D).
+The vocabulary projection is applied only to the rows that need it (label positions), so the
+[B, T, V] logit tensor is never built.
+
+`sft_train` trainable modes (params.sft.trainable):
+- full: every parameter.
+- top:  the top `sft.top_layers` transformer layers + final norm + the NEW token rows of the
+        (tied) embedding; the word rows are frozen by a gradient mask hook on the embedding weight
+        (and that weight gets no weight decay, so frozen rows really do not move).
+- lora: peft LoRA on the attention projections, plus the new token rows as in "top"; merged into
+        the model at the end so callers keep using the same model object.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .prompts import Prompt
+
+
+# ----------------------------------------------------------------------------- batching
+
+def collate(prompts: Sequence[Prompt], pad_id: int, with_answer: bool = True) -> dict:
+    """Right-padded batch. Keys: input_ids, attention_mask, position_ids, labels (-100 outside the
+    answer), answer_pos [B] (index predicting the first answer token), item_pos/item_ids [B, M]
+    (-1 padded), users [B], targets [B], label [B]."""
+    seqs = [list(p.input_ids) + (list(p.answer_ids) if with_answer else []) for p in prompts]
+    B, T = len(seqs), max(len(s) for s in seqs)
+    M = max(1, max(len(p.items) for p in prompts))
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long)
+    item_pos = torch.full((B, M), -1, dtype=torch.long)
+    item_ids = torch.full((B, M), -1, dtype=torch.long)
+    for b, (p, s) in enumerate(zip(prompts, seqs)):
+        ids[b, :len(s)] = torch.tensor(s)
+        mask[b, :len(s)] = 1
+        if with_answer and p.answer_ids:
+            n = len(p.input_ids)
+            labels[b, n:len(s)] = torch.tensor(p.answer_ids)
+        item_pos[b, :len(p.items)] = torch.as_tensor(p.item_positions)
+        item_ids[b, :len(p.items)] = torch.as_tensor(p.items)
+    return {"input_ids": ids, "attention_mask": mask,
+            "position_ids": (mask.cumsum(1) - 1).clamp_min(0),
+            "labels": labels,
+            "answer_pos": torch.tensor([len(p.input_ids) - 1 for p in prompts]),
+            "item_pos": item_pos, "item_ids": item_ids,
+            "users": torch.tensor([p.user for p in prompts]),
+            "targets": torch.tensor([p.target for p in prompts]),
+            "label": torch.tensor([p.label for p in prompts])}
+
+
+@dataclass
+class LMOutput:
+    loss: torch.Tensor | None           # mean CE over answer tokens (None without labels)
+    answer_logits: torch.Tensor         # [B, V] next-token logits at answer_pos
+    answer_hidden: torch.Tensor         # [B, h] h_L at answer_pos
+    item_hidden: torch.Tensor | None    # [B, M, h] h_L at item_pos (zeros where item_pos == -1)
+    hidden: torch.Tensor                # [B, T, h] last-layer hidden states
+
+
+def body(model):
+    """The transformer body (without the LM head) of a causal LM."""
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return dec if dec is not None else model.model
+
+
+def lm_forward(model, batch: Mapping, need_items: bool = True) -> LMOutput:
+    """One forward pass: answer-token loss, answer-position logits, h_L at the item positions.
+
+    Position ids come from the attention mask, so left- and right-padded batches give the same
+    numbers as unpadded sequences. Gradients flow into everything returned; a joint trainer that
+    wants "no gradient into the LLM from L_D" detaches `item_hidden` itself.
+    """
+    dev = model.get_input_embeddings().weight.device
+    ids = batch["input_ids"].to(dev)
+    mask = batch["attention_mask"].to(dev)
+    pos = batch.get("position_ids")
+    pos = (mask.cumsum(1) - 1).clamp_min(0) if pos is None else pos.to(dev)
+    hid = body(model)(input_ids=ids, attention_mask=mask, position_ids=pos,
+                      use_cache=False).last_hidden_state
+    head = model.get_output_embeddings()
+    rows = torch.arange(ids.shape[0], device=dev)
+    ans_pos = batch["answer_pos"].to(dev)
+    ans_h = hid[rows, ans_pos]
+    ans_logits = head(ans_h)
+    loss = None
+    labels = batch.get("labels")
+    if labels is not None:
+        labels = labels.to(dev)
+        tgt = labels[:, 1:]
+        sel = tgt != -100
+        if sel.any():
+            logits = head(hid[:, :-1][sel]).float()  # only the rows that predict answer tokens
+            loss = F.cross_entropy(logits, tgt[sel])
+    item_h = None
+    if need_items and "item_pos" in batch:
+        ip = batch["item_pos"].to(dev)
+        item_h = hid[rows.unsqueeze(1), ip.clamp_min(0)] * (ip >= 0).unsqueeze(-1).to(hid.dtype)
+    return LMOutput(loss, ans_logits, ans_h, item_h, hid)
+
+
+# ----------------------------------------------------------------------------- trainable set
+
+def new_token_start(tokenizer) -> int | None:
+    """First id of the extended tokens (<uid_0> or <iid_0>), None when there are none."""
+    starts = []
+    for t in ("<uid_0>", "<iid_0>"):
+        i = tokenizer.convert_tokens_to_ids(t)
+        if i is not None and i != tokenizer.unk_token_id:
+            starts.append(i)
+    return min(starts) if starts else None
+
+
+def _row_mask_hook(weight: torch.nn.Parameter, start: int):
+    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    mask[start:] = 1
+    return weight.register_hook(lambda g: g * mask)
+
+
+def setup_trainable(model, tokenizer, params: Mapping):
+    """Set requires_grad for sft.trainable; return (param_groups, hooks, info)."""
+    sft = params["sft"]
+    mode = sft["trainable"]
+    emb = model.get_input_embeddings().weight
+    start = new_token_start(tokenizer)
+    hooks = []
+    if mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif mode in ("top", "lora"):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if mode == "top":
+            dec = body(model)
+            k = int(sft["top_layers"])
+            for layer in list(dec.layers)[-k:] if k > 0 else []:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+            for p in dec.norm.parameters():
+                p.requires_grad_(True)
+        else:
+            from peft import LoraConfig, inject_adapter_in_model
+            cfg = LoraConfig(r=int(sft["lora_r"]), lora_alpha=int(sft["lora_alpha"]),
+                             lora_dropout=float(sft["lora_dropout"]),
+                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+            inject_adapter_in_model(cfg, model)  # in place: callers keep the same model object
+            for n, p in model.named_parameters():
+                p.requires_grad_("lora_" in n)
+        if start is not None:  # the new token rows (tied: also their output rows)
+            emb.requires_grad_(True)
+            hooks.append(_row_mask_hook(emb, start))
+    else:
+        raise ValueError(f"sft.trainable must be full, top or lora, got {mode!r}")
+    wd = float(sft["weight_decay"])
+    decay = [p for p in model.parameters() if p.requires_grad and p is not emb]
+    groups = [{"params": decay, "weight_decay": wd}]
+    if emb.requires_grad:  # no weight decay: masked (frozen) word rows must not shrink
+        groups.append({"params": [emb], "weight_decay": 0.0})
+    n_train = sum(p.numel() for g in groups for p in g["params"])
+    if mode != "full" and start is not None:
+        n_train -= start * emb.shape[1]  # masked word rows do not count
+    return groups, hooks, {"mode": mode, "trainable_params": int(n_train), "new_token_start": start}
+
+
+def merge_lora(model) -> None:
+    """Fold injected LoRA weights into the base linear layers (in place)."""
+    from peft.tuners.lora import LoraLayer
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent = model.get_submodule(name.rsplit(".", 1)[0])
+            setattr(parent, name.rsplit(".", 1)[1], module.get_base_layer())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _trainable_state(model) -> dict:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, model, opt, sched) -> None:
+    from safetensors.torch import save_file
+    from ..runs import atomic_dir, write_json
+    with atomic_dir(ckpt_dir / f"step-{step:06d}") as tmp:
+        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+        write_json(tmp / "step.json", {"step": step})
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = sorted(p for p in ckpt_dir.glob("step-*") if (p / "step.json").exists()) if ckpt_dir.is_dir() else []
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model, opt, sched) -> int:
+    from safetensors.torch import load_file
+    from ..runs import read_json
+    state = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    rest = torch.load(path / "state.pt", weights_only=True)  # never unpickle arbitrary objects
+    opt.load_state_dict(rest["optimizer"])
+    sched.load_state_dict(rest["scheduler"])
+    torch.set_rng_state(rest["torch_rng"])
+    return int(read_json(path / "step.json")["step"])
+
+
+# ----------------------------------------------------------------------------- training
+
+def _schedule(n: int, batch: int, epochs: int, seed: int) -> list[list[int]]:
+    """Micro-batches of sample indices, a fresh seeded permutation per epoch (resume-stable)."""
+    out = []
+    for ep in range(epochs):
+        perm = np.random.default_rng(seed + ep).permutation(n)
+        out += [perm[s:s + batch].tolist() for s in range(0, n, batch)]
+    return out
+
+
+def sft_train(model, tokenizer, samples: Sequence[Prompt], params: Mapping, run_dir=None,
+              progress: bool = True, resume: bool = True) -> dict:
+    """Fine-tune `model` in place on `samples` (loss on answer tokens only); return the history.
+
+    AdamW, lr sft.lr, cosine schedule with sft.warmup_ratio warm-up (transformers'
+    get_cosine_schedule_with_warmup), gradient accumulation sft.grad_accum, gradient clipping at
+    sft.max_grad_norm, bf16 autocast on GPU only. Steps = min(sft.max_steps, epochs × batches).
+    With `run_dir` and sft.checkpoint_every, a checkpoint (trainable weights, optimizer, scheduler,
+    RNG) is written every N steps under run_dir/checkpoints and training resumes from the latest
+    one; the data order depends only on (seed, step), so a resumed run ends with the same weights.
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+    sft = params["sft"]
+    if not samples:
+        raise ValueError("sft_train: no training samples")
+    seed = int(params.get("seed", 42))
+    torch.manual_seed(seed)
+    random.seed(seed)
+    bs, accum = int(sft["batch_size"]), int(sft["grad_accum"])
+    micro = _schedule(len(samples), bs, int(sft["epochs"]), seed)
+    total = len(micro) // accum
+    if sft.get("max_steps") is not None:
+        total = min(total, int(sft["max_steps"]))
+    if total < 1:
+        raise ValueError(f"sft_train: {len(samples)} samples give no full step "
+                         f"(batch_size {bs} x grad_accum {accum})")
+    groups, hooks, info = setup_trainable(model, tokenizer, params)
+    opt = torch.optim.AdamW(groups, lr=float(sft["lr"]))
+    sched = get_cosine_schedule_with_warmup(opt, math.ceil(float(sft["warmup_ratio"]) * total), total)
+    dev = model.get_input_embeddings().weight.device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ckpt_every = sft.get("checkpoint_every")
+    ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
+    start, resumed = 0, None
+    if resume and ckpt_dir is not None and (last := latest_checkpoint(ckpt_dir)) is not None:
+        start = load_checkpoint(last, model, opt, sched)
+        resumed = str(last)
+    hist = {"step": [], "loss": [], "lr": [], "resumed_from": resumed, **info,
+            "n_samples": len(samples), "total_steps": total}
+    model.train()
+    t0 = time.perf_counter()
+    log_every = int(sft.get("log_every") or 1)
+    bar = tqdm(total=total, initial=start, desc=f"SFT ({info['mode']})", disable=not progress)
+    try:
+        for step in range(start, total):
+            opt.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for mb in micro[step * accum:(step + 1) * accum]:
+                batch = collate([samples[i] for i in mb], pad)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    out = lm_forward(model, batch, need_items=False)
+                (out.loss / accum).backward()
+                step_loss += float(out.loss.detach()) / accum
+            trainable = [p for g in groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(trainable, float(sft.get("max_grad_norm") or 1.0))
+            opt.step()
+            sched.step()
+            if (step + 1) % log_every == 0 or step + 1 == total:
+                hist["step"].append(step + 1)
+                hist["loss"].append(step_loss)
+                hist["lr"].append(sched.get_last_lr()[0])
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            bar.update(1)
+            if ckpt_dir is not None and ckpt_every and (step + 1) % int(ckpt_every) == 0 and step + 1 < total:
+                save_checkpoint(ckpt_dir, step + 1, model, opt, sched)
+    finally:
+        bar.close()
+        for h in hooks:
+            h.remove()
+        model.eval()
+    if info["mode"] == "lora":
+        merge_lora(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    hist["seconds"] = round(time.perf_counter() - t0, 2)
+    if run_dir is not None:
+        from ..runs import write_json
+        write_json(Path(run_dir) / "history.json", hist)
+    return hist
