@@ -38,7 +38,7 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	# one run, one summary: the unit/functional tests, then every notebook under nbval (lax:
 	# cells marked NBVAL_CHECK_OUTPUT must reproduce their committed output)
-	$(BIN)/python -m pytest -q --nbval-lax tests notebooks
+	$(BIN)/python -m pytest -q --durations=20 --nbval-lax tests notebooks
 
 notebooks: $(STAMP)
 	$(BIN)/bdlm refresh-notebooks

@@ -69,6 +69,8 @@ def domain_examples(prompts, out, n_neg: int, rng: np.random.Generator):
     users, items, h = item_hidden(out, prompts, "candidates")
     keep, labels, k = [], [], 0
     for p in prompts:
+        if p.task not in ("topk", "binary"):
+            continue  # auxiliary (MIM/BPR) samples feed L_LLM and L_ML only, not the domain step
         n = len(p.candidates) if p.task == "topk" else 1
         if p.task == "topk":
             cand = np.asarray(p.candidates)
@@ -106,7 +108,10 @@ class JointTrainer:
         if int(j["domain_negatives"]) < 0:
             raise ValueError(f"params.joint.domain_negatives must be >= 0, got {j['domain_negatives']}")
         self.seed = int(params.get("seed", 42))
-        self.samples = samples if samples is not None else builder.train_samples(task=params["llm"]["task"])
+        if samples is None:
+            from ..llm.aux_tasks import add_aux_samples  # Cao et al. 2024 (sft.aux_tasks); no-op for none
+            samples = add_aux_samples(builder.train_samples(task=params["llm"]["task"]), ds, builder, params)
+        self.samples = samples
         if not self.samples:
             raise ValueError("joint training: no training samples (check sft.max_train_users / llm.task)")
         bs = int(j.get("batch_size") or sft["batch_size"])

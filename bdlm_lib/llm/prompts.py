@@ -257,8 +257,8 @@ class PromptBuilder:
         """SFT samples from the train split only: for each user (at most sft.max_train_users, a
         seeded sample), the last sft.positions_per_user train positions; target = the item there,
         history = the items before it. top-K: target + (n_candidates-1) negatives (half TF-IDF
-        similar, half popularity; never a train item of the user), shuffled. binary: the target
-        ("Yes") and one uniformly drawn untrained item ("No"), 1:1. Sample order is shuffled."""
+        similar, half popularity; never an item the user touched in any split), shuffled. binary:
+        the target ("Yes") and one uniformly drawn untouched item ("No"), 1:1. Shuffled."""
         task = task or self.params["llm"].get("task", "both")
         sft = self.params["sft"]
         rng = np.random.default_rng(self.seed if seed is None else seed)
@@ -268,10 +268,16 @@ class PromptBuilder:
         if cap is not None and cap < len(users):
             users = np.sort(rng.permutation(len(users))[:cap])
         n_cand = int(self.params.get("testset", {}).get("n_candidates", 20))
+        # a negative must never be an item the user touched in ANY split: a held-out valid/test
+        # item shown as a wrong candidate would train the model against the evaluation positive
+        held = {}
+        for df in (self.ds.valid, self.ds.test):
+            for uu, ii in zip(df["user"].to_numpy(), df["item"].to_numpy()):
+                held.setdefault(int(uu), set()).add(int(ii))
         out: list[Prompt] = []
         for u in users:
             seq = seqs[u]
-            seen = set(seq.tolist())
+            seen = set(seq.tolist()) | held.get(int(u), set())
             for t in range(len(seq) - 1, max(0, len(seq) - 1 - int(sft["positions_per_user"])), -1):
                 target, hist = int(seq[t]), self.history(int(u), before=t)
                 if task in ("topk", "both"):

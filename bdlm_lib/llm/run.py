@@ -135,6 +135,9 @@ def run_llm(params: Mapping, ds, variant: str, domain_embeddings=None, progress:
     t1 = time.perf_counter()
     if v["sft"]:
         samples = builder.train_samples()
+        # Cao et al. 2024: MIM / BPR samples mixed in (sft.aux_tasks, sft.aux_ratio); a no-op for none
+        from .aux_tasks import add_aux_samples
+        samples = add_aux_samples(samples, ds, builder, params)
         hist = sft_train(model, tok, samples, params, run_dir=run_dir, progress=progress)
     t_sft = time.perf_counter() - t1
     after = None
