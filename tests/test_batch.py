@@ -154,7 +154,10 @@ def test_repo_batch_files_expand(name, tmp_path):
     batch = expand_batch(REPO / "params" / "batches" / name, output_dir=tmp_path / "out",
                          notebooks_dir=tmp_path / "nb")
     methods = {r.method for r in batch.runs}
-    assert {"bdlm", "lightgcn", "wo_jl"} <= methods
+    # every batch compares BDLM with LightGCN and InstructRec; the non-demo ones also ablate w/o JL
+    assert {"bdlm", "lightgcn", "instructrec"} <= methods
+    if not name.startswith("demo_"):
+        assert "wo_jl" in methods
     assert all(r.params["preset"] == spec["preset"] for r in batch.runs)
     if name.startswith("paper_"):
         lams = {r.lambda_ml for r in batch.runs if r.method == "bdlm"}

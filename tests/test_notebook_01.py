@@ -18,10 +18,10 @@ def test_data_prep_notebook_records_table1(tmp_path):
                         kernel_name="python3", cwd=str(REPO / "notebooks"), progress_bar=False)
     metrics = read_json(run_dir / "metrics.json")
     stats = metrics["stats"]
-    # smoke samples 150 users before the 5-core: every survivor has >= 5 interactions
-    assert 0 < stats["users"] <= 150
+    # smoke samples 150 of the 5-core's users (all their interactions): each has >= 5
+    assert stats["users"] == 150
     assert stats["interactions"] >= 5 * stats["users"]
-    assert stats["interactions"] >= 5 * stats["items"]
+    assert 0 < stats["items"] <= 12_086            # Amazon Beauty's 5-core has 12,086 items
     assert stats["sparsity"] == pytest.approx(1 - stats["interactions"] / (stats["users"] * stats["items"]))
     assert (run_dir / "params.yaml").exists() and (run_dir / "interactions_hist.png").stat().st_size > 1000
     assert "amazon-beauty" in metrics["data_path"] and "s7" in metrics["data_path"]

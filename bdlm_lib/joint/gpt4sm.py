@@ -120,8 +120,9 @@ def train_gpt4sm(model: GPT4SM, ds, params: Mapping, progress: bool = True) -> l
     return hist
 
 
-def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True):
-    """Train and evaluate GPT4SM; returns (metrics, run_dir)."""
+def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True, run_dir=None):
+    """Train and evaluate GPT4SM; returns (metrics, run_dir) (default folder:
+    <output_dir>/<dataset>/baselines/gpt4sm)."""
     from ..data import load_dataset
     from ..llm.backbone import load_backbone
     from .run import pretrained_domain
@@ -138,12 +139,17 @@ def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True)
                    text_embeddings(llm, tok, user_texts, progress=progress))
     del llm
     hist = train_gpt4sm(model, ds, params, progress)
-    metrics = evaluate(lambda f: model.predict(f["user"].to_numpy(), f["item"].to_numpy()), ds, "test",
-                       params["eval"]["max_users"], params["eval"]["ks"])
+    metrics, preds = evaluate(lambda f: model.predict(f["user"].to_numpy(), f["item"].to_numpy()), ds,
+                              "test", params["eval"]["max_users"], params["eval"]["ks"],
+                              return_predictions=True)
     metrics.update({"method": "gpt4sm", "dataset": str(params["dataset"]), "preset": params.get("preset"),
                     "domain_model": params["domain"]["model"], "domain_run": str(domain_dir),
                     "wall_seconds": round(time.perf_counter() - t0, 2)})
-    parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "baselines"
-    run_dir = new_run_dir(parent, "gpt4sm")
+    if run_dir is None:
+        parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "baselines"
+        run_dir = new_run_dir(parent, "gpt4sm")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    preds.to_parquet(run_dir / "predictions.parquet", index=False)  # per-user CIs in the report
     write_run(run_dir, params, metrics, extra={"history.json": hist})
     return metrics, run_dir

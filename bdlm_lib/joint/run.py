@@ -60,9 +60,14 @@ def pretrained_domain(params: Mapping, ds, domain_run=None):
     if domain_run is not None:
         return load_domain(domain_run), Path(domain_run)
     name = params["domain"]["model"]
-    parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "domain"
-    for cand in sorted(parent.glob(f"{name}*")) if parent.is_dir() else []:
-        if not (cand / "metrics.json").exists() or not (cand / "params.yaml").exists():
+    root = Path(params["output_dir"]) / Path(str(params["dataset"])).name
+    parent = root / "domain"
+    # standalone runs (domain/<model>*) first, then batch runs (<batch>/<run_id>/) of the same model
+    cands = sorted(parent.glob(f"{name}*")) if parent.is_dir() else []
+    cands += [d.parent for d in sorted(root.glob("*/*/model.safetensors")) if d.parent.parent != parent]
+    for cand in cands:
+        if not (cand / "metrics.json").exists() or not (cand / "params.yaml").exists() \
+                or not (cand / "model.safetensors").exists():
             continue
         with open(cand / "params.yaml", encoding="utf-8") as f:
             saved = yaml.safe_load(f)
@@ -204,10 +209,11 @@ def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain
     ks = params["eval"]["ks"]
     show = progress and trainer.rank == 0
     trainer.load_side(run_dir / "best_llm", "llm")
-    m_llm = evaluate(make_score_fn(trainer.eval_model(), trainer.builder, bs, show), ds, "test", mu, ks)
+    m_llm, p_llm = evaluate(make_score_fn(trainer.eval_model(), trainer.builder, bs, show), ds, "test", mu, ks,
+                            return_predictions=True)
     trainer.load_side(run_dir / "best_drs", "drs")
-    m_drs = evaluate(make_cascade_score_fn(trainer.eval_model(), trainer.builder, trainer.enhanced, bs, show),
-                     ds, "test", mu, ks)
+    m_drs, p_drs = evaluate(make_cascade_score_fn(trainer.eval_model(), trainer.builder, trainer.enhanced, bs,
+                                                  show), ds, "test", mu, ks, return_predictions=True)
     info = {"method": "bdlm", "variant": variant_name(params), "dataset": str(params["dataset"]),
             "preset": params.get("preset"), "domain_model": params["domain"]["model"],
             "domain_run": str(domain_dir), "best": history["best"], "steps": trainer.n_global,
@@ -220,6 +226,9 @@ def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain
         import matplotlib.pyplot as plt
         plt.close(plot_joint_history(history, run_dir / "training.png", title=f"BDLM {variant_name(params)}"))
         metrics = {**m_drs, "llm": m_llm, "drs": m_drs}
+        # per-user scores of both sides: the report's bootstrap CIs and paired tests read them
+        p_llm.to_parquet(run_dir / "predictions_llm.parquet", index=False)
+        p_drs.to_parquet(run_dir / "predictions_drs.parquet", index=False)
         write_run(run_dir, params, metrics, extra={"history.json": history, "metrics_llm.json": m_llm,
                                                    "metrics_drs.json": m_drs})
         for d in (CKPT, CKPT + "_ds"):   # finished: the resumable state is not needed

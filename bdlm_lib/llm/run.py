@@ -129,6 +129,7 @@ def run_llm(params: Mapping, ds, variant: str, domain_embeddings=None, progress:
         parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "llm"
         run_dir = new_run_dir(parent, variant)
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     model, tok, builder, info = prepare_llm(params, ds, variant, domain_embeddings)
     t_prep = time.perf_counter() - t0
     hist = None
@@ -145,8 +146,9 @@ def run_llm(params: Mapping, ds, variant: str, domain_embeddings=None, progress:
         after = alignment(model, info["token_map"], *info["tables"], seed=int(params["seed"]))
     t2 = time.perf_counter()
     bs = int(params["sft"]["eval_batch_size"])
-    metrics = evaluate(make_score_fn(model, builder, bs, progress), ds, "test",
-                       max_users=params["eval"]["max_users"])
+    metrics, preds = evaluate(make_score_fn(model, builder, bs, progress), ds, "test",
+                              max_users=params["eval"]["max_users"], return_predictions=True)
+    preds.to_parquet(run_dir / "predictions.parquet", index=False)  # per-user CIs in the report
     t_eval = time.perf_counter() - t2
     metrics["llm"] = {
         "variant": variant, **v,
