@@ -155,3 +155,14 @@ def make_params(tmp_path):
         over.setdefault("data.sample_users", None)
         return load_params(str(dataset), preset, over)
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run single-threaded: OpenMP barriers cost more than they save, badly so on a
+    shared, loaded machine (modules opt in with `pytestmark = pytest.mark.usefixtures(...)`)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

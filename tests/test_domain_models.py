@@ -13,13 +13,7 @@ from bdlm_lib.domain.lightgcn import normalized_adjacency
 from bdlm_lib.params import load_params
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: OpenMP barriers cost more than they save, badly so on a shared, loaded machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

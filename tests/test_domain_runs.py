@@ -16,13 +16,7 @@ from bdlm_lib.params import load_params
 from bdlm_lib.runs import read_json
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: OpenMP barriers cost more than they save, badly so on a shared, loaded machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,8 @@ def collect_runs(output_dir: str | Path) -> pd.DataFrame:
             label = LABELS[info["method"]].get(side)
             if label is None:
                 continue
+            if info.get("flag") not in (None, "none"):   # e.g. "InstructRec+aux": its own row
+                label = f"{label}+{info['flag']}"
             tk, bn = m.get("topk", {}), m.get("binary", {})
             rows.append({"dataset": run_dir.parent.parent.name, "batch": run_dir.parent.name,
                          "run_id": run_dir.name, "method": info["method"], "side": side, "label": label,
@@ -394,7 +396,8 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     summary, tables = summarise(chosen, n_boot, alpha) if len(chosen) else (pd.DataFrame(
         columns=["dataset", "label", *METRICS]), {})
     t1 = table1(output_dir)
-    t3 = results_table(summary, BASELINES + BDLM_ROWS, METRICS) if len(summary) else pd.DataFrame()
+    flagged = sorted(l for l in set(summary["label"]) if "+" in l) if len(summary) else []
+    t3 = results_table(summary, BASELINES + BDLM_ROWS + flagged, METRICS) if len(summary) else pd.DataFrame()
     imp, which = improvement(summary, METRICS) if len(summary) else ({}, {})
     if len(t3):
         t3.loc["Improv."] = [f"{100 * imp[c]:+.1f}%" if c in imp and not pd.isna(imp[c]) else "–" for c in t3.columns]

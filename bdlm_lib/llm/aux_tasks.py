@@ -41,7 +41,6 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .prompts import Prompt, PromptBuilder
-from .tokens import user_token
 
 AUX_TASKS = ("none", "mim", "bpr", "both")
 MASK = "[MASK]"
@@ -83,28 +82,18 @@ class _AuxView(PromptBuilder):
     def __init__(self, builder: PromptBuilder):  # noqa: D401 - no PromptBuilder.__init__ call
         self.__dict__.update(builder.__dict__)
 
+    def _history_mention(self, j, parts: list, spans: list) -> None:
+        if j == MASK_ID:          # the MIM slot: a literal [MASK], no item position
+            parts.append(MASK)
+        else:
+            super()._history_mention(j, parts, spans)
+
     def _message(self, task, user, hist, item=None, cands=None):
         if task not in ("mim", "bpr"):
             return super()._message(task, user, hist, item, cands)
         parts: list[str] = []
         spans: list = []
-        uspan = None
-        if self.et:
-            parts.append("User ")
-            uspan = (5, 5 + len(user_token(user)))
-            parts.append(user_token(user))
-        else:
-            parts.append("The user")
-        parts.append(f" has {self.past} the following {self.noun}: ")
-        for n, j in enumerate(hist):
-            if n:
-                parts.append(", ")
-            if j == MASK_ID:
-                parts.append(MASK)
-            else:
-                self._mention(j, parts, spans, "history")
-        if len(hist) == 0:
-            parts.append("(none)")
+        uspan = self._user_history(user, hist, parts, spans)
         how = "its id" if self.et else "its title"
         if task == "mim":
             parts.append(f". One of these {self.noun} is hidden as {MASK}. "

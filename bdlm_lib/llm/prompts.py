@@ -121,9 +121,12 @@ class PromptBuilder:
             spans.append((int(j), start + 1, start + 1 + len(self.titles[j]), role))
         parts.append(s)
 
-    def _message(self, task: str, user: int, hist, item=None, cands=None):
-        parts: list[str] = []
-        spans: list = []
+    def _history_mention(self, j, parts: list, spans: list) -> None:
+        self._mention(j, parts, spans, "history")
+
+    def _user_history(self, user: int, hist, parts: list, spans: list):
+        """'User <uid_k> has watched the following movies: …' — the opening every template shares;
+        returns the <uid_k> character span (None without ET)."""
         uspan = None
         if self.et:
             parts.append("User ")
@@ -135,9 +138,15 @@ class PromptBuilder:
         for n, j in enumerate(hist):
             if n:
                 parts.append(", ")
-            self._mention(j, parts, spans, "history")
+            self._history_mention(j, parts, spans)
         if len(hist) == 0:
             parts.append("(none)")
+        return uspan
+
+    def _message(self, task: str, user: int, hist, item=None, cands=None):
+        parts: list[str] = []
+        spans: list = []
+        uspan = self._user_history(user, hist, parts, spans)
         if task == "binary":
             parts.append(f". Predict if he/she will {self.verb} ")
             self._mention(item, parts, spans, "target")
