@@ -54,8 +54,9 @@ def _sides(metrics: dict) -> dict[str, dict]:
 
 def _run_info(run_dir: Path) -> dict | None:
     """run.json (batch runs), else infer from the contract's standalone layout (domain/<model>/)."""
-    if (run_dir / "run.json").exists():
-        info = read_json(run_dir / "run.json")
+    info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    if "method" in info:       # a batch run (a standalone joint run's run.json holds only its fingerprint)
+        pass
     elif run_dir.parent.name in ("domain", "bdlm"):
         info = {"method": run_dir.name if run_dir.parent.name == "domain" else "bdlm"}
     else:
