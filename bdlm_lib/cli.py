@@ -48,7 +48,7 @@ def cmd_batch(args) -> int:
 
 def cmd_report(args) -> int:
     from .experiments.report import build_report
-    path = build_report(args.output_dir or "outputs")
+    path = build_report(args.output_dir or "outputs", preset=args.preset)
     print(f"report: {path}")
     return 0
 
@@ -61,7 +61,9 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     out = args.output_dir or "outputs"
     summary = run_batch(REPO / "params" / "batches" / "demo_ml1m.yaml", output_dir=out)
-    path = build_report(out)
+    path = build_report(out, preset="demo")
+    table3 = path.read_text(encoding="utf-8").split("## Table 3")[1].split("\n## ")[0]
+    print("\nTable 3" + table3.rstrip())
     print(f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min; report: {path}")
     failed = [r for r in summary.get("runs", []) if r.get("status") == "failed"] if isinstance(summary, dict) else []
     return 1 if failed else 0
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("report", help="assemble tables and figures from stored runs")
     p.add_argument("--output-dir")
+    p.add_argument("--preset", help="report only this preset's runs (default: per dataset its largest)")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("demo", help="the main job: CPU demo pipeline on MovieLens-1M")

@@ -154,9 +154,14 @@ def test_repo_batch_files_expand(name, tmp_path):
     batch = expand_batch(REPO / "params" / "batches" / name, output_dir=tmp_path / "out",
                          notebooks_dir=tmp_path / "nb")
     methods = {r.method for r in batch.runs}
-    # every batch compares BDLM with LightGCN and InstructRec; the non-demo ones also ablate w/o JL
+    # every batch compares BDLM with LightGCN and InstructRec; the full ones also ablate w/o JL;
+    # the aux batches run both LLM methods with the auxiliary tasks on
     assert {"bdlm", "lightgcn", "instructrec"} <= methods
-    if not name.startswith("demo_"):
+    if "aux" in name:
+        aux = {r.run_id.split("-")[0] for r in batch.runs if r.flag == "aux"}
+        assert {"instructrec+aux", "bdlm+aux"} <= aux
+        assert all(r.params["sft"]["aux_tasks"] == "both" for r in batch.runs if r.flag == "aux")
+    elif not name.startswith("demo_"):
         assert "wo_jl" in methods
     assert all(r.params["preset"] == spec["preset"] for r in batch.runs)
     if name.startswith("paper_"):

@@ -116,3 +116,26 @@ def test_per_user_matches_metrics_and_paired_test(outputs):
 def test_report_on_empty_outputs(tmp_path):
     md = build_report(tmp_path, n_boot=50)
     assert "no runs found" in md.read_text()
+
+
+def test_report_never_mixes_presets(outputs, tmp_path):
+    """A larger preset's runs replace the smaller one's for the whole dataset (not per method), and
+    `preset=` picks one explicitly: a method run only at smoke does not appear beside demo runs."""
+    import shutil
+    out, _ = outputs
+    mixed = tmp_path / "outputs"
+    shutil.copytree(out / "ml1m", mixed / "ml1m")
+    demo = mixed / "ml1m" / "d"
+    shutil.copytree(out / "ml1m" / "t" / "lightgcn-s42", demo / "lightgcn-s42")
+    info = json.loads((demo / "lightgcn-s42" / "run.json").read_text())
+    write_json(demo / "lightgcn-s42" / "run.json", {**info, "preset": "demo"})
+
+    build_report(mixed, n_boot=50)
+    summary = pd.read_csv(mixed / "report" / "summary.csv")
+    assert list(summary["label"]) == ["LightGCN"] and set(summary["preset"]) == {"demo"}
+    assert "per dataset its largest preset" in (mixed / "report" / "report.md").read_text()
+
+    build_report(mixed, n_boot=50, preset="smoke")
+    summary = pd.read_csv(mixed / "report" / "summary.csv")
+    assert set(summary["preset"]) == {"smoke"} and "BDLM-drs" in set(summary["label"])
+    assert summary.set_index("label").loc["LightGCN", "runs"].endswith("t/lightgcn-s42")

@@ -177,12 +177,24 @@ def paired_test(a: pd.DataFrame, b: pd.DataFrame, n_boot: int = 1000, alpha: flo
 
 
 # ----------------------------------------------------------------------------- choosing runs
-def choose_runs(runs: pd.DataFrame, lambda_ml: float) -> pd.DataFrame:
-    """Per (dataset, label): the runs of the largest preset (paper > cpu > demo > smoke), at the λ
-    nearest `lambda_ml` (joint methods), all their seeds, the newest run per seed."""
+def one_preset(runs: pd.DataFrame, preset: str | None = None) -> pd.DataFrame:
+    """The runs of `preset`, or per dataset those of its largest preset (paper > cpu > demo >
+    smoke): methods are only compared on the same data sample, users and training budget."""
     if runs.empty:
         return runs
-    r = runs.assign(rank=runs["preset"].map(PRESET_RANK).fillna(0))
+    if preset is not None:
+        return runs[runs["preset"] == preset]
+    rank = runs["preset"].map(PRESET_RANK).fillna(0)
+    return runs[rank == rank.groupby(runs["dataset"]).transform("max")]
+
+
+def choose_runs(runs: pd.DataFrame, lambda_ml: float, preset: str | None = None) -> pd.DataFrame:
+    """Per (dataset, label): the runs of one preset per dataset (`one_preset`), at the λ nearest
+    `lambda_ml` (joint methods), all their seeds, the newest run per seed."""
+    runs = one_preset(runs, preset)
+    if runs.empty:
+        return runs
+    r = runs.assign(rank=0)
     lam = r["lambda_ml"].astype(float)
     target = math.log10(lambda_ml) if lambda_ml > 0 else -9.0
     r["lam_dist"] = np.where(lam.isna(), 0.0, np.abs(np.log10(lam.where(lam > 0, 1e-9)) - target))
@@ -327,16 +339,14 @@ def figure5(summary: pd.DataFrame):
     return fig
 
 
-def figure6(runs: pd.DataFrame, n_boot: int, alpha: float):
+def figure6(runs: pd.DataFrame, n_boot: int, alpha: float, preset: str | None = None):
     """HR@1 against λ for BDLM-llm and BDLM-drs, per dataset; log x, with λ=0 drawn one decade
     left of the smallest positive λ and labelled '0' (a log axis has no 0)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-    r = runs[runs["method"] == "bdlm"].dropna(subset=["lambda_ml"])
+    r = one_preset(runs[runs["method"] == "bdlm"].dropna(subset=["lambda_ml"]), preset)
     if r.empty or r["lambda_ml"].nunique() < 2:
         return None
-    r = r.assign(rank=r["preset"].map(PRESET_RANK).fillna(0))
-    r = r[r["rank"] == r.groupby("dataset")["rank"].transform("max")]
     datasets = list(dict.fromkeys(r["dataset"]))
     sns.set_theme(style="whitegrid")
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
@@ -381,9 +391,10 @@ def to_markdown(df: pd.DataFrame, index: bool = True) -> str:
 
 def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | None = None,
                  n_boot: int | None = None, alpha: float | None = None,
-                 lambda_ml: float | None = None) -> Path:
+                 lambda_ml: float | None = None, preset: str | None = None) -> Path:
     """Write report.md, report.html, the tables as CSV and the figures as PNG to
-    `<output_dir>/report/`; return the path of report.md. Defaults from params `report:`."""
+    `<output_dir>/report/`; return the path of report.md. Defaults from params `report:`.
+    `preset`: report only the runs of that preset (None: per dataset its largest preset)."""
     from ..params import load_params
     p = load_params()
     n_boot = int(n_boot or p.report.n_boot)
@@ -393,7 +404,7 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     output_dir = Path(output_dir)
     out = Path(report_dir) if report_dir else output_dir / "report"
     runs = collect_runs(output_dir)
-    chosen = choose_runs(runs, lam)
+    chosen = choose_runs(runs, lam, preset)
     summary, tables = summarise(chosen, n_boot, alpha) if len(chosen) else (pd.DataFrame(
         columns=["dataset", "label", *METRICS]), {})
     t1 = table1(output_dir)
@@ -405,7 +416,7 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     t4 = results_table(summary, NCF_ROWS, ["HR@1", "HR@2", "F1"]) if len(summary) else pd.DataFrame()
     sig = significance(summary, tables, which, n_boot, alpha) if len(summary) else pd.DataFrame()
     figs = {"fig5_ablations.png": figure5(summary) if len(summary) else None,
-            "fig6_lambda.png": figure6(runs, n_boot, alpha) if len(runs) else None}
+            "fig6_lambda.png": figure6(runs, n_boot, alpha, preset) if len(runs) else None}
 
     for name, df in (("table1", t1), ("table3", t3), ("table4", t4), ("significance", sig),
                      ("summary", summary)):
@@ -424,10 +435,11 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
         ("Significance - BDLM vs the best baseline on the same users (exact McNemar on per-user hits; "
          "paired bootstrap CI of the difference)", sig, False),
     ]
-    md = [f"# BDLM report\n\nFrom `{output_dir}`: {len(runs)} stored run sides; joint runs at λ nearest {lam:g}; "
-          f"{n_boot} bootstrap resamples.\n"]
-    html = [f"<h1>BDLM report</h1><p>From <code>{output_dir}</code>: {len(runs)} stored run sides; "
-            f"joint runs at λ nearest {lam:g}; {n_boot} bootstrap resamples.</p>"]
+    which_preset = f"preset {preset}" if preset else "per dataset its largest preset"
+    head = (f"From `{output_dir}`: {len(runs)} stored run sides; {which_preset}; joint runs at λ nearest {lam:g}; "
+            f"{n_boot} bootstrap resamples.")
+    md = [f"# BDLM report\n\n{head}\n"]
+    html = [f"<h1>BDLM report</h1><p>{head}</p>"]
     for title, df, idx in sections:
         md.append(f"## {title}\n\n{to_markdown(df, index=idx)}")
         html.append(f"<h2>{title}</h2>" + (df.to_html(index=idx, float_format=lambda v: f"{v:.4g}")

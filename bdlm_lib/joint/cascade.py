@@ -36,6 +36,23 @@ def _candidate_hidden(llm, prompts, pad: int):
     return out, h.float()
 
 
+def _cascade_batches(llm, builder, enhanced, prompts, batch_size: int, desc: str, progress: bool):
+    """Yield (prompt indices, LLM output, h_L) per length-sorted batch, with the LLM and the
+    enhanced model in eval mode (the LLM's training flag is restored afterwards)."""
+    pad = _pad_id(builder.tok)
+    was = llm.training
+    llm.eval()
+    n_b = (len(prompts) + batch_size - 1) // batch_size
+    try:
+        with enhanced.domain.inference():
+            enhanced.eval()
+            for idx in _progress(_batches(prompts, batch_size), n_b, desc, progress):
+                out, h = _candidate_hidden(llm, [prompts[i] for i in idx], pad)
+                yield idx, out, h
+    finally:
+        llm.train(was)
+
+
 @torch.no_grad()
 def cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size: int = 8, progress: bool = False,
                          with_llm: bool = False):
@@ -43,27 +60,19 @@ def cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size: int = 8, p
     and ET also the LLM's candidate logits from the same pass (else None)."""
     drs: list = [None] * len(prompts)
     lls: list = [None] * len(prompts)
-    pad = _pad_id(builder.tok)
-    was = llm.training
-    llm.eval()
-    n_b = (len(prompts) + batch_size - 1) // batch_size
-    with enhanced.domain.inference():
-        enhanced.eval()
-        for idx in _progress(_batches(prompts, batch_size), n_b, "cascade top-K", progress):
-            ps = [prompts[i] for i in idx]
-            out, h = _candidate_hidden(llm, ps, pad)
-            B, C, H = h.shape
-            users = np.repeat([p.user for p in ps], C)
-            items = np.concatenate([p.candidates for p in ps])
-            s = enhanced(users, items, h.reshape(B * C, H).cpu()).double().cpu().numpy().reshape(B, C)
-            ll = None
-            if with_llm and builder.et:
-                tid = torch.as_tensor(np.stack([builder.tm.item_id(p.candidates) for p in ps]))
-                ll = restricted_logits(llm, out.answer_hidden.float(), tid).cpu().numpy()
-            for k, i in enumerate(idx):
-                drs[i] = s[k]
-                lls[i] = None if ll is None else ll[k]
-    llm.train(was)
+    for idx, out, h in _cascade_batches(llm, builder, enhanced, prompts, batch_size, "cascade top-K", progress):
+        ps = [prompts[i] for i in idx]
+        B, C, H = h.shape
+        users = np.repeat([p.user for p in ps], C)
+        items = np.concatenate([p.candidates for p in ps])
+        s = enhanced(users, items, h.reshape(B * C, H).cpu()).double().cpu().numpy().reshape(B, C)
+        ll = None
+        if with_llm and builder.et:
+            tid = torch.as_tensor(np.stack([builder.tm.item_id(p.candidates) for p in ps]))
+            ll = restricted_logits(llm, out.answer_hidden.float(), tid).cpu().numpy()
+        for k, i in enumerate(idx):
+            drs[i] = s[k]
+            lls[i] = None if ll is None else ll[k]
     if with_llm and not builder.et:     # text only: the LLM ranks by title likelihood
         lls = score_topk_prompts(llm, builder, prompts, batch_size)
     return drs, (lls if with_llm else None)
@@ -73,19 +82,10 @@ def cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size: int = 8, p
 def cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size: int = 8,
                            progress: bool = False) -> np.ndarray:
     out = np.zeros(len(prompts))
-    pad = _pad_id(builder.tok)
-    was = llm.training
-    llm.eval()
-    n_b = (len(prompts) + batch_size - 1) // batch_size
-    with enhanced.domain.inference():
-        enhanced.eval()
-        for idx in _progress(_batches(prompts, batch_size), n_b, "cascade binary", progress):
-            ps = [prompts[i] for i in idx]
-            _, h = _candidate_hidden(llm, ps, pad)
-            users = np.array([p.user for p in ps])
-            items = np.array([p.target for p in ps])
-            out[idx] = enhanced(users, items, h[:, 0].cpu()).double().cpu().numpy()
-    llm.train(was)
+    for idx, _, h in _cascade_batches(llm, builder, enhanced, prompts, batch_size, "cascade binary", progress):
+        users = np.array([prompts[i].user for i in idx])
+        items = np.array([prompts[i].target for i in idx])
+        out[idx] = enhanced(users, items, h[:, 0].cpu()).double().cpu().numpy()
     return out
 
 

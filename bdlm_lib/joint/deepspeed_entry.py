@@ -90,8 +90,7 @@ def engine_factory(params, config: dict):
 def run_bdlm_deepspeed(params, ds=None, domain_run=None, progress: bool = True):
     """`run_bdlm` with the LLM step under DeepSpeed; returns (metrics_llm, metrics_drs, run_dir)."""
     from ..data import load_dataset
-    from ..llm.backbone import load_backbone
-    from .run import build_joint, claim_run_dir, finish_run, pretrained_domain, variant_name
+    from .run import build_joint, claim_run_dir, finish_run, load_inputs, pretrained_domain, variant_name
     rank, world = init_distributed()
     t0 = time.perf_counter()
     if params["sft"]["trainable"] != "full":
@@ -104,11 +103,7 @@ def run_bdlm_deepspeed(params, ds=None, domain_run=None, progress: bool = True):
     if rank == 0:     # a missing domain run is trained once, by rank 0
         pretrained_domain(params, ds, domain_run)
     torch.distributed.barrier()
-    domain, domain_dir = pretrained_domain(params, ds, domain_run)
-    lp = params["llm"]
-    llm, tok = load_backbone(lp["backbone"], lp.get("model_cache"), lp.get("dtype", "float32"))
-    if torch.cuda.is_available():
-        llm = llm.cuda()
+    ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run, verbose=rank == 0)
     parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "bdlm"
     name = variant_name(params) + "-ds"
     run_dir = claim_run_dir(parent, name, params) if rank == 0 else None

@@ -123,15 +123,9 @@ def train_gpt4sm(model: GPT4SM, ds, params: Mapping, progress: bool = True) -> l
 def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True, run_dir=None):
     """Train and evaluate GPT4SM; returns (metrics, run_dir) (default folder:
     <output_dir>/<dataset>/baselines/gpt4sm)."""
-    from ..data import load_dataset
-    from ..llm.backbone import load_backbone
-    from .run import pretrained_domain
+    from .run import load_inputs
     t0 = time.perf_counter()
-    if ds is None:
-        ds = load_dataset(params)
-    domain, domain_dir = pretrained_domain(params, ds, domain_run)
-    lp = params["llm"]
-    llm, tok = load_backbone(lp["backbone"], lp.get("model_cache"), lp.get("dtype", "float32"))
+    ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run, cuda=False)
     for p in llm.parameters():
         p.requires_grad_(False)
     item_texts, user_texts = gpt4sm_texts(ds, params)

@@ -169,22 +169,28 @@ def save_embeddings(trainer: JointTrainer, run_dir: Path) -> None:
                   str(run_dir / "sharing.safetensors"))
 
 
+def load_inputs(params: Mapping, ds=None, domain_run=None, verbose: bool = True, cuda: bool = True):
+    """What every LLM + domain-model run starts from: (ds, domain model, its run dir, LLM, tokenizer)."""
+    from ..data import load_dataset
+    from ..llm.backbone import load_backbone
+    if ds is None:
+        ds = load_dataset(params, verbose=verbose)
+    domain, domain_dir = pretrained_domain(params, ds, domain_run)
+    lp = params["llm"]
+    llm, tok = load_backbone(lp["backbone"], lp.get("model_cache"), lp.get("dtype", "float32"))
+    if cuda and torch.cuda.is_available():
+        llm = llm.cuda()
+    return ds, domain, domain_dir, llm, tok
+
+
 def run_bdlm(params: Mapping, ds=None, domain_run=None, progress: bool = True, run_dir=None):
     """Train and evaluate one BDLM variant; returns (metrics_llm, metrics_drs, run_dir).
     An unfinished run folder of the same variant (checkpoint present) is resumed."""
-    from ..data import load_dataset
-    from ..llm.backbone import load_backbone
     if params["joint"].get("deepspeed_config"):
         from .deepspeed_entry import run_bdlm_deepspeed
         return run_bdlm_deepspeed(params, ds, domain_run, progress)
     t0 = time.perf_counter()
-    if ds is None:
-        ds = load_dataset(params)
-    domain, domain_dir = pretrained_domain(params, ds, domain_run)
-    lp = params["llm"]
-    llm, tok = load_backbone(lp["backbone"], lp.get("model_cache"), lp.get("dtype", "float32"))
-    if torch.cuda.is_available():
-        llm = llm.cuda()
+    ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run)
     parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "bdlm"
     run_dir = claim_run_dir(parent, variant_name(params), params) if run_dir is None else Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
