@@ -139,3 +139,23 @@ def test_report_never_mixes_presets(outputs, tmp_path):
     summary = pd.read_csv(mixed / "report" / "summary.csv")
     assert set(summary["preset"]) == {"smoke"} and "BDLM-drs" in set(summary["label"])
     assert summary.set_index("label").loc["LightGCN", "runs"].endswith("t/lightgcn-s42")
+
+
+def test_standalone_joint_runs_are_labelled_by_their_params(outputs, tmp_path):
+    """bdlm/<variant>/ written by run_bdlm outside a batch (run.json holds only a fingerprint): the
+    report reads which ablation it is from its params.yaml, not "BDLM" for all."""
+    import shutil
+
+    from bdlm_lib.params import save_params
+    out, _ = outputs
+    root = tmp_path / "outputs" / "ml1m" / "bdlm"
+    for variant, over in (("lightgcn-woPE-lam0.1", {"llm.preload": False}),
+                          ("lightgcn-lam0.1", {})):
+        run = root / variant
+        shutil.copytree(out / "ml1m" / "t" / "wo_pe-lam0.1-s42", run)
+        write_json(run / "run.json", {"fingerprint": "0" * 16})
+        save_params(load_params("ml1m", "smoke", over), run / "params.yaml")
+    runs = collect_runs(tmp_path / "outputs")
+    labels = dict(zip(runs["run_id"] + "/" + runs["side"], runs["label"]))
+    assert labels == {"lightgcn-woPE-lam0.1/llm": "w/o PE-llm", "lightgcn-woPE-lam0.1/drs": "w/o PE-drs",
+                      "lightgcn-lam0.1/llm": "BDLM-llm", "lightgcn-lam0.1/drs": "BDLM-drs"}

@@ -57,13 +57,17 @@ def _run_info(run_dir: Path) -> dict | None:
     info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
     if "method" in info:       # a batch run (a standalone joint run's run.json holds only its fingerprint)
         pass
-    elif run_dir.parent.name in ("domain", "bdlm"):
-        info = {"method": run_dir.name if run_dir.parent.name == "domain" else "bdlm"}
-    else:
+    elif run_dir.parent.name not in ("domain", "bdlm"):
         return None
     params = {}
     if (run_dir / "params.yaml").exists():
         params = yaml.safe_load((run_dir / "params.yaml").read_text(encoding="utf-8")) or {}
+    if "method" not in info:   # standalone: domain/<model>/, or bdlm/<variant>/ (its params say which)
+        if run_dir.parent.name == "domain":
+            info = {"method": run_dir.name}
+        else:
+            from ..joint.run import joint_method
+            info = {"method": joint_method(params) if params.get("joint") else "bdlm"}
     info.setdefault("preset", params.get("preset"))
     info.setdefault("seed", params.get("seed"))
     if info.get("lambda_ml") is None and info["method"] in ("bdlm", "bdlm_ncf", "wo_pe", "wo_et"):

@@ -47,6 +47,19 @@ def variant_name(params: Mapping) -> str:
     return "-".join(parts)
 
 
+def joint_method(params: Mapping) -> str:
+    """The batch method name (paper §5.3/5.5) a joint run's params amount to: wo_et, wo_pe, wo_jl,
+    bdlm_ncf or bdlm (so a standalone ablation run is reported as that ablation)."""
+    j, llm = params["joint"], params["llm"]
+    if not llm["extend_tokens"]:
+        return "wo_et"
+    if not llm["preload"]:
+        return "wo_pe"
+    if not j["joint"]:
+        return "wo_jl"
+    return "bdlm_ncf" if params["domain"]["model"] == "ncf" else "bdlm"
+
+
 def _same(a, b) -> bool:
     from ..params import _plain
     return yaml.safe_dump(_plain(a), sort_keys=True) == yaml.safe_dump(_plain(b), sort_keys=True)
@@ -220,7 +233,7 @@ def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain
     trainer.load_side(run_dir / "best_drs", "drs")
     m_drs, p_drs = evaluate(make_cascade_score_fn(trainer.eval_model(), trainer.builder, trainer.enhanced, bs,
                                                   show), ds, "test", mu, ks, return_predictions=True)
-    info = {"method": "bdlm", "variant": variant_name(params), "dataset": str(params["dataset"]),
+    info = {"method": joint_method(params), "variant": variant_name(params), "dataset": str(params["dataset"]),
             "preset": params.get("preset"), "domain_model": params["domain"]["model"],
             "domain_run": str(domain_dir), "best": history["best"], "steps": trainer.n_global,
             "deepspeed": trainer.engine is not None, "world_size": trainer.world,
