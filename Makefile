@@ -38,7 +38,8 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	# one run, one summary: the unit/functional tests, then the notebooks under nbval (lax: cells
 	# marked NBVAL_CHECK_OUTPUT must reproduce their committed output). 05-07 each train several
-	# models (all baselines / four ablations / a λ grid): they run through `bdlm batch`, not here.
+	# models (all baselines / four ablations / a λ grid): tests/test_notebooks_multi.py executes
+	# them with papermill on a tiny model instead, and asserts the tables they record.
 	$(BIN)/python -m pytest -q --durations=20 --nbval-lax tests notebooks \
 	  --ignore=notebooks/05_baselines.ipynb --ignore=notebooks/06_ablations.ipynb \
 	  --ignore=notebooks/07_lambda_analysis.ipynb
