@@ -54,20 +54,19 @@ def _sides(metrics: dict) -> dict[str, dict]:
 
 def _run_info(run_dir: Path) -> dict | None:
     """run.json (batch runs), else infer from the contract's standalone layout (domain/<model>/)."""
+    # a batch run's run.json names its method; a standalone joint run's holds only its fingerprint
     info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
-    if "method" in info:       # a batch run (a standalone joint run's run.json holds only its fingerprint)
-        pass
-    elif run_dir.parent.name not in ("domain", "bdlm"):
-        return None
     params = {}
     if (run_dir / "params.yaml").exists():
         params = yaml.safe_load((run_dir / "params.yaml").read_text(encoding="utf-8")) or {}
     if "method" not in info:   # standalone: domain/<model>/, or bdlm/<variant>/ (its params say which)
         if run_dir.parent.name == "domain":
             info = {"method": run_dir.name}
-        else:
+        elif run_dir.parent.name == "bdlm":
             from ..joint.run import joint_method
             info = {"method": joint_method(params) if params.get("joint") else "bdlm"}
+        else:
+            return None
     info.setdefault("preset", params.get("preset"))
     info.setdefault("seed", params.get("seed"))
     if info.get("lambda_ml") is None and info["method"] in ("bdlm", "bdlm_ncf", "wo_pe", "wo_et"):
@@ -198,14 +197,14 @@ def choose_runs(runs: pd.DataFrame, lambda_ml: float, preset: str | None = None)
     runs = one_preset(runs, preset)
     if runs.empty:
         return runs
-    r = runs.assign(rank=0)
+    r = runs.copy()
     lam = r["lambda_ml"].astype(float)
     target = math.log10(lambda_ml) if lambda_ml > 0 else -9.0
     r["lam_dist"] = np.where(lam.isna(), 0.0, np.abs(np.log10(lam.where(lam > 0, 1e-9)) - target))
-    r = r.sort_values(["rank", "lam_dist", "mtime"], ascending=[False, True, False])
+    r = r.sort_values(["lam_dist", "mtime"], ascending=[True, False])
     best = r.groupby(["dataset", "label"]).head(1)[["dataset", "label", "preset", "lam_dist"]]
     r = r.merge(best, on=["dataset", "label", "preset", "lam_dist"])
-    return r.drop_duplicates(["dataset", "label", "seed"]).drop(columns=["rank", "lam_dist"])
+    return r.drop_duplicates(["dataset", "label", "seed"]).drop(columns=["lam_dist"])
 
 
 def summarise(chosen: pd.DataFrame, n_boot: int, alpha: float) -> tuple[pd.DataFrame, dict]:
