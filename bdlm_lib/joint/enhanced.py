@@ -43,7 +43,8 @@ class EnhancedDomainModel(nn.Module):
     def forward(self, users, items, extra: torch.Tensor) -> torch.Tensor:
         """Logits [B] for aligned users [B], items [B] and extra features [B, extra_dim]."""
         f = self.domain.pair_feature(as_long(users), as_long(items))
-        x = extra.detach().to(f.dtype).reshape(len(f), self.extra_dim)  # detached: Eq. 6 only trains Θ_D
+        # detached: Eq. 6 only trains Θ_D; h_L may come from a GPU LLM while the domain side is on CPU
+        x = extra.detach().to(device=f.device, dtype=f.dtype).reshape(len(f), self.extra_dim)
         return self.head(torch.cat([f, x], dim=-1)).squeeze(-1)
 
     def loss(self, users, items, extra: torch.Tensor, labels) -> torch.Tensor:
