@@ -113,6 +113,16 @@ def test_per_user_matches_metrics_and_paired_test(outputs):
     assert same["F1"]["ci"] == [0.0, 0.0]
 
 
+def test_report_drops_figures_it_no_longer_has_runs_for(outputs, tmp_path):
+    out, _ = outputs
+    rep = tmp_path / "rep"
+    build_report(out, report_dir=rep, n_boot=50)
+    assert (rep / "fig6_lambda.png").exists()
+    build_report(out, report_dir=rep, n_boot=50, preset="demo")   # no demo runs: no λ curve
+    assert not (rep / "fig6_lambda.png").exists() and not (rep / "fig5_ablations.png").exists()
+    assert "fig6_lambda.png" not in (rep / "report.md").read_text()
+
+
 def test_report_on_empty_outputs(tmp_path):
     md = build_report(tmp_path, n_boot=50)
     assert "no runs found" in md.read_text()

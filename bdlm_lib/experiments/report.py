@@ -430,6 +430,8 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
         if fig is not None:
             atomic_write_bytes(out / name, _png(fig))
             images.append(name)
+        else:   # a figure of an earlier report whose runs are not in this one would mislead
+            (out / name).unlink(missing_ok=True)
     conf = f"{100 * (1 - alpha):.0f}%"
     sections = [
         ("Table 1 - dataset statistics (prepared data)", t1, False),
