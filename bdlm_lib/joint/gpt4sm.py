@@ -110,7 +110,7 @@ def train_gpt4sm(model: GPT4SM, ds, params: Mapping, progress: bool = True) -> l
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         hr1 = topk_metrics(valid, model.predict(valid["user"].to_numpy(), valid["item"].to_numpy()), ks=(1,))["HR@1"]
         hist.append({"epoch": ep, "loss": total / len(perm), "valid_hr1": hr1})
         if hr1 > best:
@@ -125,7 +125,8 @@ def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True,
     <output_dir>/<dataset>/baselines/gpt4sm)."""
     from .run import load_inputs
     t0 = time.perf_counter()
-    ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run, cuda=False)
+    # the frozen backbone only encodes texts: on the GPU where there is one, tables come back on the CPU
+    ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run)
     for p in llm.parameters():
         p.requires_grad_(False)
     item_texts, user_texts = gpt4sm_texts(ds, params)
