@@ -15,7 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
+    """`--set KEY=VALUE` pairs -> {dotted key: YAML value} (also used by deepspeed_entry and benchmarks)."""
     import yaml
     out = {}
     for kv in pairs or []:
@@ -31,7 +32,7 @@ def cmd_prep(args) -> int:
     from .params import load_params
     rows = []
     for name in args.dataset:
-        p = load_params(name, args.preset, overrides={**_overrides(args.set),
+        p = load_params(name, args.preset, overrides={**parse_overrides(args.set),
                                                        **({"data_dir": args.data_dir} if args.data_dir else {}),
                                                        **({"output_dir": args.output_dir} if args.output_dir else {})})
         rows.append(load_dataset(p, force=args.force))

@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bdlm_lib.cli import parse_overrides  # noqa: E402
 from bdlm_lib.data import load_dataset  # noqa: E402
 from bdlm_lib.pipeline import method_params, run_method  # noqa: E402
 
@@ -66,9 +65,7 @@ def main() -> None:
             "sft.max_steps": args.steps, "joint.max_steps": args.steps,
             "joint.valid_users": min(100, args.eval_users), "domain.epochs": args.domain_epochs,
             "domain.progress": False}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        over[k] = yaml.safe_load(v)
+    over.update(parse_overrides(args.set))
     if args.random_weights:
         over["llm.backbone"] = str(random_backbone(args.random_weights, out / "random-backbone"))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -81,10 +78,10 @@ def main() -> None:
     t["data_prep_s"] = time.perf_counter() - t0
     n_users, n_items = ds.n_users, ds.n_items
 
-    def run(method, extra=None):
+    def run(method):
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        params = method_params(method, args.dataset, "paper", {**over, **(extra or {})})
+        params = method_params(method, args.dataset, "paper", over)
         t0 = time.perf_counter()
         m = run_method(method, params, ds, progress=False)
         m["_wall"] = time.perf_counter() - t0
@@ -139,13 +136,13 @@ def main() -> None:
     ev_titles = n_users * t["eval_titles_user_s"]
     ev_bdlm = n_users * t["eval_bdlm_user_s"]
     dom = t["domain_epoch_s"] * int(base["domain"]["epochs"])  # upper bound: early stopping cuts it
+    joint_run = t["prompt_build_s"] + joint_steps * t["joint_step_s"] + ev_bdlm
     est = {
         "LLM-Rec (eval only)": n_users * t["eval_titles_user_s_llmrec"],
         "InstructRec": t["prompt_build_s"] + sft_steps * t["sft_step_s"] + ev_titles,
-        "BDLM, one λ": t["prompt_build_s"] + joint_steps * t["joint_step_s"] + ev_bdlm,
-        "BDLM × 6 λ + w/o PE + w/o ET + BDLM-NCF (9 joint runs)":
-            9 * (t["prompt_build_s"] + joint_steps * t["joint_step_s"] + ev_bdlm),
-        "w/o JL (LLM phase + domain phase)": t["prompt_build_s"] + 2 * joint_steps * t["joint_step_s"] + ev_bdlm,
+        "BDLM, one λ": joint_run,
+        "BDLM × 6 λ + w/o PE + w/o ET + BDLM-NCF (9 joint runs)": 9 * joint_run,
+        "w/o JL (LLM phase + domain phase)": joint_run + joint_steps * t["joint_step_s"],
         "LightGCN (≤ 200 epochs)": dom,
     }
     total = sum(v for k, v in est.items() if k != "BDLM, one λ")

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,12 +125,8 @@ def main(argv=None) -> None:
                     help="parameter override, e.g. joint.lambda_ml=0.01 (YAML value)")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's
     args = ap.parse_args(argv)
-    over = {}
-    for kv in args.set:
-        if "=" not in kv:
-            raise SystemExit(f"--set {kv!r}: expected KEY=VALUE")
-        k, v = kv.split("=", 1)
-        over[k] = yaml.safe_load(v)
+    from ..cli import parse_overrides
+    over = parse_overrides(args.set)
     if args.deepspeed_config:
         over["joint.deepspeed_config"] = args.deepspeed_config
     params = load_params(args.dataset, args.preset, over)
