@@ -149,8 +149,13 @@ def new_run_dir(parent: str | os.PathLike, name: str, overwrite: bool = False) -
 
 
 def write_run(run_dir: str | os.PathLike, params: Mapping | None = None,
-              metrics: Mapping | None = None, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write params.yaml, environment.json and (last, so its presence means 'finished') metrics.json."""
+              metrics: Mapping | None = None, extra: Mapping[str, Any] | None = None,
+              predictions: Mapping[str, Any] | None = None) -> Path:
+    """Write params.yaml, environment.json, `extra` (JSON), `predictions` ({file name: per-user
+    scores DataFrame}, parquet: the report's bootstrap CIs and paired tests read them) and, last,
+    so that its presence means 'finished', metrics.json. Every file is written atomically."""
+    import io
+
     from .params import save_params
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +164,10 @@ def write_run(run_dir: str | os.PathLike, params: Mapping | None = None,
     write_json(run_dir / "environment.json", environment_info())
     for fname, obj in (extra or {}).items():
         write_json(run_dir / fname, obj)
+    for fname, df in (predictions or {}).items():
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(run_dir / fname, buf.getvalue())
     if metrics is not None:
         write_json(run_dir / "metrics.json", metrics)
     return run_dir

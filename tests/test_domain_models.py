@@ -122,6 +122,25 @@ def test_lightgcn_propagation_equals_dense_reference():
     assert torch.allclose(g, E.grad, atol=1e-12)
 
 
+def test_domain_device_param_and_a_move_rebuilds_the_graph():
+    from bdlm_lib.domain import domain_device
+    assert domain_device({"domain": {}}) == torch.device("cpu")          # old params: the CPU
+    assert domain_device({"domain": {"device": "auto"}}).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="params.domain.device must be auto | cpu"):
+        domain_device({"domain": {"device": "gpu"}})
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda' but torch sees no CUDA device"):
+            domain_device({"domain": {"device": "cuda"}})
+    rng = np.random.default_rng(0)
+    model = LightGCN(6, 5, 4, 2, rng.integers(0, 6, 20), rng.integers(0, 5, 20))
+    U0, I0 = model.embeddings()
+    assert model._adj is not None
+    model.to("cpu")                  # any .to()/.cuda() drops A_hat: it is rebuilt where the weights are
+    assert model._adj is None
+    U1, I1 = model.embeddings()
+    assert torch.equal(U0, U1) and torch.equal(I0, I1)
+
+
 def test_negative_sampler_avoids_train_items():
     users = np.array([0, 0, 0, 1, 1])
     items = np.array([0, 1, 2, 3, 4])

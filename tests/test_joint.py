@@ -293,6 +293,19 @@ def test_gpt4sm_baseline_runs_with_frozen_text_embeddings(params):
     assert e.shape == (3, 64) and torch.allclose(e[0], e[2], atol=1e-5) and not torch.allclose(e[0], e[1])
 
 
+def test_pretrained_domain_reused_whatever_the_runtime_keys(params):
+    """domain.device / progress / eval_batch_size say how a model ran, not which model it is."""
+    from bdlm_lib.data import load_dataset
+    from bdlm_lib.joint.run import pretrained_domain
+    p = params()
+    ds = load_dataset(p, verbose=False)
+    _, d1 = pretrained_domain(p, ds)
+    _, d2 = pretrained_domain(params(domain__progress=True, domain__device="auto", domain__eval_batch_size=7), ds)
+    assert d2 == d1
+    _, d3 = pretrained_domain(params(domain__epochs=p.domain.epochs + 1), ds)
+    assert d3 != d1 and (d3 / "model.safetensors").exists()
+
+
 def test_claim_run_dir_resumes_same_params_only(params, tmp_path):
     from bdlm_lib.joint.run import claim_run_dir
     a, b = params(), params(joint__lambda_ml=0.5)

@@ -22,6 +22,19 @@ from .sequential import BERT4Rec, GRU4Rec, SASRec
 MODELS = ("mf", "ncf", "lightgcn", "sasrec", "gru4rec", "bert4rec")
 
 
+def domain_device(params: Mapping) -> torch.device:
+    """`params.domain.device`: cpu (default), cuda, cuda:N or auto (the GPU when there is one). Where the
+    model trains and scores; it does not change which run a model is (not part of run identity)."""
+    want = str(params["domain"].get("device") or "cpu")
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want != "cpu" and not (want == "cuda" or want.startswith("cuda:")):
+        raise ValueError(f"params.domain.device must be auto | cpu | cuda | cuda:N, got {want!r}")
+    if want != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"params.domain.device is {want!r} but torch sees no CUDA device")
+    return torch.device(want)
+
+
 def build_domain_model(name: str, n_users: int, n_items: int, params: Mapping, ds=None) -> DomainModel:
     """A fresh model, its initial weights drawn from params.seed (the global RNG is left as it
     was). LightGCN needs `ds` for its train graph and the sequence models for the train
@@ -59,5 +72,5 @@ from .run import load_domain, run_domain, save_domain  # noqa: E402
 from .plots import plot_history  # noqa: E402
 
 __all__ = ["MODELS", "DomainModel", "SequenceModel", "MF", "NCF", "LightGCN", "SASRec", "GRU4Rec",
-           "BERT4Rec", "build_domain_model", "train_domain", "evaluate_domain", "run_domain",
+           "BERT4Rec", "build_domain_model", "domain_device", "train_domain", "evaluate_domain", "run_domain",
            "save_domain", "load_domain", "plot_history", "NegativeSampler"]

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 
-def as_long(x) -> torch.Tensor:
+def as_long(x, device=None) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        return x.long()
-    return torch.from_numpy(np.array(x, dtype=np.int64))     # a copy: pandas arrays are read-only
+        return x.long().to(device) if device is not None else x.long()
+    t = torch.from_numpy(np.array(x, dtype=np.int64))     # a copy: pandas arrays are read-only
+    return t.to(device) if device is not None else t
 
 
 class DomainModel(nn.Module):
@@ -62,6 +63,11 @@ class DomainModel(nn.Module):
         return self.feature(zu, zi).sum(-1)
 
     # --- the shared interface -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights live (`params.domain.device`); ids are moved there."""
+        return next(self.parameters()).device
+
     def user_embeddings(self) -> torch.Tensor:
         return self.embeddings()[0]
 
@@ -70,11 +76,11 @@ class DomainModel(nn.Module):
 
     def pair_feature(self, users, items) -> torch.Tensor:
         """f_D(u, i): [B, feature_dim] (items [B]) or [B, K, feature_dim] (items [B, K])."""
-        return self.feature(*self.represent(as_long(users), as_long(items)))
+        return self.feature(*self.represent(as_long(users, self.device), as_long(items, self.device)))
 
     def forward(self, users, items) -> torch.Tensor:
         """Logits, shaped like `items` ([B] or [B, K] candidates per user)."""
-        return self.logit(*self.represent(as_long(users), as_long(items)))
+        return self.logit(*self.represent(as_long(users, self.device), as_long(items, self.device)))
 
     def score(self, users, items) -> torch.Tensor:
         return self.forward(users, items)
@@ -103,7 +109,7 @@ class DomainModel(nn.Module):
         out = []
         with self.inference():
             for s in range(0, len(u), batch_size):
-                out.append(self.forward(u[s:s + batch_size], i[s:s + batch_size]).double().numpy())
+                out.append(self.forward(u[s:s + batch_size], i[s:s + batch_size]).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
     def extra_repr(self) -> str:
@@ -142,7 +148,7 @@ class SequenceModel(DomainModel):
         return self.encode(self.history[users])[:, -1]
 
     def embeddings(self):
-        U = torch.cat([self.user_vectors(torch.arange(s, min(s + 1024, self.n_users)))
+        U = torch.cat([self.user_vectors(torch.arange(s, min(s + 1024, self.n_users), device=self.device))
                        for s in range(0, self.n_users, 1024)])
         return U, self.item_emb.weight[1:self.n_items + 1]
 
@@ -165,8 +171,8 @@ class SequenceModel(DomainModel):
         inp, tgt = seqs[:, :-1], seqs[:, 1:]
         h = self.encode(inp)                                      # [B, L, d]
         mask = (inp > 0) & (tgt > 0)
-        rows = np.repeat(np.asarray(users), mask.sum(1).numpy())
-        neg = torch.as_tensor(sampler.sample(rows, n_neg, rng)) + 1
+        rows = np.repeat(np.asarray(users), mask.sum(1).cpu().numpy())
+        neg = torch.as_tensor(sampler.sample(rows, n_neg, rng), device=h.device) + 1
         hv = h[mask]
         pos = (hv * self.item_emb(tgt[mask])).sum(-1)
         negl = (hv.unsqueeze(1) * self.item_emb(neg)).sum(-1)
@@ -174,7 +180,7 @@ class SequenceModel(DomainModel):
 
     def history_window(self, users: np.ndarray) -> torch.Tensor:
         """Training windows of length max_seq_len + 1 (the extra item is the first target)."""
-        return self._windows[as_long(users)]
+        return self._windows[as_long(users)].to(self.device)
 
     def set_train_sequences(self, sequences) -> None:
         """Windows for training (not saved: only the dataset's train split is needed to train)."""

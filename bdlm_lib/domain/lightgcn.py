@@ -83,9 +83,13 @@ class LightGCN(DomainModel):
         if self._adj is None:    # built lazily: after load_state_dict the buffers hold the edges
             if len(self.graph_users) == 0:
                 raise ValueError("lightgcn: no training graph (build it with ds= or load a saved model)")
-            self._adj = normalized_adjacency(self.graph_users.numpy(), self.graph_items.numpy(),
-                                             self.n_users, self.n_items)
+            self._adj = normalized_adjacency(self.graph_users.cpu().numpy(), self.graph_items.cpu().numpy(),
+                                             self.n_users, self.n_items).to(self.user_emb.weight.device)
         return self._adj
+
+    def _apply(self, fn, *args, **kwargs):
+        self._adj = None          # moved (.to / .cuda): rebuild A_hat on the new device
+        return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)

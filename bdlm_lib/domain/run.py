@@ -25,7 +25,7 @@ from safetensors.torch import save as st_save
 
 from ..params import Params
 from ..runs import atomic_write_bytes, new_run_dir, write_run
-from . import build_domain_model
+from . import build_domain_model, domain_device
 from .trainer import CHECKPOINT, evaluate_domain, train_domain
 
 
@@ -38,12 +38,12 @@ def save_domain(model, run_dir, params: Mapping | None = None) -> None:
     if params is not None:
         meta["params"] = json.dumps({"seed": params["seed"], "domain": dict(params["domain"])},
                                     default=dict)
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(run_dir / "model.safetensors", st_save(sd, metadata=meta))
     with model.inference():
         U, I = model.embeddings()
     atomic_write_bytes(run_dir / "embeddings.safetensors",
-                       st_save({"user": U.contiguous(), "item": I.contiguous()}, metadata=meta))
+                       st_save({"user": U.cpu().contiguous(), "item": I.cpu().contiguous()}, metadata=meta))
 
 
 def _wrap(d):
@@ -102,13 +102,6 @@ def run_domain(params: Mapping, ds=None, run_dir=None):
 LOCK = ".running"
 
 
-def _parquet_bytes(df) -> bytes:
-    import io
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return buf.getvalue()
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -149,13 +142,12 @@ def _run(params, ds, name, run_dir):
     import matplotlib.pyplot as plt
 
     from .plots import plot_history
-    model = build_domain_model(name, ds.n_users, ds.n_items, params, ds=ds)
+    # weights drawn on the CPU (same init on every machine), then moved to params.domain.device
+    model = build_domain_model(name, ds.n_users, ds.n_items, params, ds=ds).to(domain_device(params))
     t0 = time.perf_counter()
     history = train_domain(model, ds, params, run_dir)
     train_seconds = time.perf_counter() - t0
     metrics, preds = evaluate_domain(model, ds, params, split="test", return_predictions=True)
-    # per-user scores: the report's bootstrap CIs and paired tests read them
-    atomic_write_bytes(run_dir / "predictions.parquet", _parquet_bytes(preds))
     evals = [h for h in history if h["valid_hr1"] is not None]
     best = max(evals, key=lambda h: h["valid_hr1"]) if evals else None
     metrics.update({
@@ -168,6 +160,6 @@ def _run(params, ds, name, run_dir):
     })
     save_domain(model, run_dir, params)
     plt.close(plot_history(history, run_dir / "training.png", title=f"{name} on {params['dataset']}"))
-    write_run(run_dir, params, metrics, extra={"history.json": history})
+    write_run(run_dir, params, metrics, extra={"history.json": history}, predictions={"predictions.parquet": preds})
     (run_dir / CHECKPOINT).unlink(missing_ok=True)      # the finished artefacts replace it
     return model, metrics, run_dir

@@ -35,8 +35,8 @@ class _Transformer(nn.Module):
         # additive float mask per head; the diagonal is always allowed so that padded queries
         # (whose keys are all padding) do not produce NaN rows
         L = x.shape[1]
-        allowed = allowed | torch.eye(L, dtype=torch.bool)
-        mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+        allowed = allowed | torch.eye(L, dtype=torch.bool, device=x.device)
+        mask = torch.zeros(allowed.shape, device=x.device).masked_fill(~allowed, float("-inf"))
         mask = mask.repeat_interleave(self.n_heads, dim=0)
         for blk in self.blocks:
             x = blk(x, src_mask=mask)
@@ -64,7 +64,7 @@ class SASRec(SequenceModel):
         keys = (seqs > 0).unsqueeze(1)                               # [B, 1, L]
         allowed = keys.expand(-1, L, -1)
         if self.causal:
-            allowed = allowed & torch.ones(L, L, dtype=torch.bool).tril()
+            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=seqs.device).tril()
         return self.encoder(x, allowed)
 
 
@@ -99,21 +99,21 @@ class BERT4Rec(SASRec):
 
     def user_vectors(self, users):
         h = self.history[users]
-        seqs = torch.cat([h[:, 1:], torch.full((len(h), 1), self.mask_id)], 1)
+        seqs = torch.cat([h[:, 1:], torch.full((len(h), 1), self.mask_id, device=h.device)], 1)
         return self.encode(seqs)[:, -1]
 
     def sequence_logits(self, users, rng: np.random.Generator, sampler, n_neg: int):
         """Cloze: mask `mask_prob` of each window's items (at least one), predict them."""
         seqs = self.history_window(users)[:, 1:]                  # last L train items
-        real = (seqs > 0).numpy()
+        real = (seqs > 0).cpu().numpy()
         m = (rng.random(real.shape) < self.mask_prob) & real
         none = ~m.any(1)
         m[none, -1] = real[none, -1]                              # at least one target per user
-        mask = torch.from_numpy(m)
+        mask = torch.from_numpy(m).to(seqs.device)
         inp = seqs.masked_fill(mask, self.mask_id)
         h = self.encode(inp)[mask]
         rows = np.repeat(np.asarray(users), m.sum(1))
-        neg = torch.as_tensor(sampler.sample(rows, n_neg, rng)) + 1
+        neg = torch.as_tensor(sampler.sample(rows, n_neg, rng), device=h.device) + 1
         pos = (h * self.item_emb(seqs[mask])).sum(-1)
         negl = (h.unsqueeze(1) * self.item_emb(neg)).sum(-1)
         return pos, negl

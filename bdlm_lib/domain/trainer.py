@@ -131,7 +131,7 @@ def evaluate_domain(model, ds, params, split: str = "test", return_predictions: 
 
 # keys that may change between an interrupted run and its resumption (they do not change what
 # each epoch computes): more epochs, other patience, display/eval batching
-_RESUMABLE = {"epochs", "patience", "progress", "eval_batch_size"}
+_RESUMABLE = {"epochs", "patience", "progress", "eval_batch_size", "device"}
 
 
 def _fingerprint(model, params) -> str:
@@ -141,13 +141,13 @@ def _fingerprint(model, params) -> str:
 
 
 def save_checkpoint(path: Path, model, optimizer, best_state, state: dict, fingerprint: str) -> None:
-    tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if best_state is not None:
-        tensors.update({f"best/{k}": v.contiguous() for k, v in best_state.items()})
+        tensors.update({f"best/{k}": v.cpu().contiguous() for k, v in best_state.items()})
     osd = optimizer.state_dict()
     for idx, st in osd["state"].items():
         for k, v in st.items():
-            tensors[f"optim/{idx}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+            tensors[f"optim/{idx}/{k}"] = (v.cpu() if torch.is_tensor(v) else torch.tensor(v)).contiguous()
     tensors["rng/torch"] = torch.get_rng_state()    # informative: each epoch reseeds anyway
     meta = {"state": json.dumps(state), "param_groups": json.dumps(osd["param_groups"]),
             "fingerprint": fingerprint}

@@ -65,7 +65,8 @@ def cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size: int = 8, p
         B, C, H = h.shape
         users = np.repeat([p.user for p in ps], C)
         items = np.concatenate([p.candidates for p in ps])
-        s = enhanced(users, items, h.reshape(B * C, H).cpu()).double().cpu().numpy().reshape(B, C)
+        # h_L goes to wherever the enhanced model lives (it moves it): no round trip through the CPU
+        s = enhanced(users, items, h.reshape(B * C, H)).double().cpu().numpy().reshape(B, C)
         ll = None
         if with_llm and builder.et:
             tid = torch.as_tensor(np.stack([builder.tm.item_id(p.candidates) for p in ps]))
@@ -85,7 +86,7 @@ def cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size: int = 8,
     for idx, _, h in _cascade_batches(llm, builder, enhanced, prompts, batch_size, "cascade binary", progress):
         users = np.array([prompts[i].user for i in idx])
         items = np.array([prompts[i].target for i in idx])
-        out[idx] = enhanced(users, items, h[:, 0].cpu()).double().cpu().numpy()
+        out[idx] = enhanced(users, items, h[:, 0]).double().cpu().numpy()
     return out
 
 

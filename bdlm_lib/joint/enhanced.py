@@ -51,7 +51,8 @@ class EnhancedDomainModel(nn.Module):
         """L_D: binary cross-entropy on positives and sampled negatives (Eq. 6)."""
         y = torch.as_tensor(np.asarray(labels), dtype=torch.float32) if not isinstance(labels, torch.Tensor) \
             else labels.float()
-        return F.binary_cross_entropy_with_logits(self(users, items, extra), y)
+        logits = self(users, items, extra)
+        return F.binary_cross_entropy_with_logits(logits, y.to(logits.device))
 
     @torch.no_grad()
     def predict(self, users, items, extra: torch.Tensor, batch_size: int = 4096) -> np.ndarray:

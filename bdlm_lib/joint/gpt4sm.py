@@ -74,7 +74,8 @@ class GPT4SM(torch.nn.Module):
         self.enhanced = EnhancedDomainModel(domain, item_text.shape[1] + user_text.shape[1])
 
     def extra(self, users, items) -> torch.Tensor:
-        u, i = torch.as_tensor(np.asarray(users)), torch.as_tensor(np.asarray(items))
+        dev = self.item_text.device
+        u, i = torch.as_tensor(np.asarray(users), device=dev), torch.as_tensor(np.asarray(items), device=dev)
         return torch.cat([self.item_text[i], self.user_text[u]], dim=-1)
 
     def forward(self, users, items):
@@ -123,6 +124,7 @@ def train_gpt4sm(model: GPT4SM, ds, params: Mapping, progress: bool = True) -> l
 def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True, run_dir=None):
     """Train and evaluate GPT4SM; returns (metrics, run_dir) (default folder:
     <output_dir>/<dataset>/baselines/gpt4sm)."""
+    from ..domain import domain_device
     from .run import load_inputs
     t0 = time.perf_counter()
     # the frozen backbone only encodes texts: on the GPU where there is one, tables come back on the CPU
@@ -131,7 +133,7 @@ def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True,
         p.requires_grad_(False)
     item_texts, user_texts = gpt4sm_texts(ds, params)
     model = GPT4SM(domain, text_embeddings(llm, tok, item_texts, progress=progress),
-                   text_embeddings(llm, tok, user_texts, progress=progress))
+                   text_embeddings(llm, tok, user_texts, progress=progress)).to(domain_device(params))
     del llm
     hist = train_gpt4sm(model, ds, params, progress)
     metrics, preds = evaluate(lambda f: model.predict(f["user"].to_numpy(), f["item"].to_numpy()), ds,
@@ -145,6 +147,5 @@ def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True,
         run_dir = new_run_dir(parent, "gpt4sm")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    preds.to_parquet(run_dir / "predictions.parquet", index=False)  # per-user CIs in the report
-    write_run(run_dir, params, metrics, extra={"history.json": hist})
+    write_run(run_dir, params, metrics, extra={"history.json": hist}, predictions={"predictions.parquet": preds})
     return metrics, run_dir

@@ -74,14 +74,14 @@ def gathered(params):
         yield
 
 
-def id_tables(model, token_map):
-    """The full E_U^L, E_I^L tables (detached, on CPU)."""
+def id_tables(model, token_map, device="cpu"):
+    """The full E_U^L, E_I^L tables (detached copies, on `device`)."""
     w = model.get_input_embeddings().weight
     tm = token_map
     with gathered([w]):
         wd = w.detach()
-        return (wd[tm.user_start:tm.user_start + tm.n_users].float().cpu().clone(),
-                wd[tm.item_start:tm.item_start + tm.n_items].float().cpu().clone())
+        return (wd[tm.user_start:tm.user_start + tm.n_users].float().to(device, copy=True),
+                wd[tm.item_start:tm.item_start + tm.n_items].float().to(device, copy=True))
 
 
 class JointLLM(nn.Module):

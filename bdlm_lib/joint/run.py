@@ -65,6 +65,14 @@ def _same(a, b) -> bool:
     return yaml.safe_dump(_plain(a), sort_keys=True) == yaml.safe_dump(_plain(b), sort_keys=True)
 
 
+# domain keys that say how a model was run, not which model it is
+_RUNTIME = ("progress", "device", "eval_batch_size")
+
+
+def _model_keys(domain) -> dict:
+    return {k: v for k, v in dict(domain or {}).items() if k not in _RUNTIME}
+
+
 def pretrained_domain(params: Mapping, ds, domain_run=None):
     """(model, run_dir): `domain_run` if given, else the finished run under
     <output_dir>/<dataset>/domain/<model>/ trained with the same data/domain params, else a new
@@ -84,7 +92,8 @@ def pretrained_domain(params: Mapping, ds, domain_run=None):
             continue
         with open(cand / "params.yaml", encoding="utf-8") as f:
             saved = yaml.safe_load(f)
-        if all(_same(saved.get(k), params[k]) for k in ("dataset", "seed", "data", "testset", "domain")):
+        if all(_same(saved.get(k), params[k]) for k in ("dataset", "seed", "data", "testset")) \
+                and _same(_model_keys(saved.get("domain")), _model_keys(params["domain"])):
             return load_domain(cand), cand
     model, _, run_dir = run_domain(params, ds)
     return model, run_dir
@@ -117,16 +126,21 @@ def claim_run_dir(parent: Path, name: str, params: Mapping) -> Path:
 
 def build_joint(params: Mapping, ds, domain, llm, tokenizer, run_dir=None, progress: bool = True,
                 samples=None, engine_factory=None) -> JointTrainer:
-    """ET (+PE) on `llm`, P, M = P(E^D), the enhanced model and the trainer (validation wired)."""
+    """ET (+PE) on `llm`, P, M = P(E^D), the enhanced model and the trainer (validation wired).
+    The domain side (model, P, M, head) is moved to params.domain.device (cuda: on a GPU machine
+    the domain step need not wait for the CPU)."""
+    from ..domain import domain_device
     from ..llm.prompts import PromptBuilder
     from ..llm.tokens import extend_tokens, preload, word_norm
     seed = int(params.get("seed", 42))
     tm = None
+    dev = domain_device(params)
+    domain.to(dev)
     h = llm.get_input_embeddings().weight.shape[1]
     with torch.no_grad():
         U, I = domain.embeddings()
         U, I = U.detach().float(), I.detach().float()
-    proj = DomainProjection(domain.dim, h, seed)
+    proj = DomainProjection(domain.dim, h, seed).to(dev)   # drawn on the CPU, then moved
     M = None
     if params["llm"]["extend_tokens"]:
         tm = extend_tokens(llm, tokenizer, ds.n_users, ds.n_items)
@@ -136,7 +150,7 @@ def build_joint(params: Mapping, ds, domain, llm, tokenizer, run_dir=None, progr
         M = InformationSharingModule.from_domain(domain, proj, params["joint"]["ml_update"],
                                                  params["joint"]["ml_momentum"])
     builder = PromptBuilder(ds, tokenizer, params, token_map=tm)
-    enhanced = EnhancedDomainModel(domain, h)
+    enhanced = EnhancedDomainModel(domain, h).to(dev)
     trainer = JointTrainer(llm, tokenizer, tm, builder, enhanced, proj, M, params, ds, samples=samples,
                            run_dir=run_dir, progress=progress, validate_fn=validation(params, ds),
                            engine_factory=engine_factory)
@@ -169,16 +183,16 @@ def save_embeddings(trainer: JointTrainer, run_dir: Path) -> None:
     from .llm_io import id_tables
     with torch.no_grad():
         U, I = trainer.enhanced.domain.embeddings()
-        U, I = U.detach().float().contiguous(), I.detach().float().contiguous()
-        dom = {"user": trainer.proj(U, "user").contiguous(), "item": trainer.proj(I, "item").contiguous(),
-               "user_raw": U, "item_raw": I}
+        U, I = U.detach().float(), I.detach().float()
+        dom = {"user": trainer.proj(U, "user"), "item": trainer.proj(I, "item"), "user_raw": U, "item_raw": I}
+        dom = {k: v.cpu().contiguous() for k, v in dom.items()}
     rows = id_tables(trainer.llm, trainer.tm) if trainer.tm is not None else None
     if trainer.rank != 0:
         return
     save_file(dom, str(run_dir / "domain.safetensors"))
     if rows is not None:
         save_file({"user": rows[0].contiguous(), "item": rows[1].contiguous()}, str(run_dir / "llm_rows.safetensors"))
-        save_file({"user": trainer.M.M_U.contiguous(), "item": trainer.M.M_I.contiguous()},
+        save_file({"user": trainer.M.M_U.cpu().contiguous(), "item": trainer.M.M_I.cpu().contiguous()},
                   str(run_dir / "sharing.safetensors"))
 
 
@@ -245,11 +259,9 @@ def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain
         import matplotlib.pyplot as plt
         plt.close(plot_joint_history(history, run_dir / "training.png", title=f"BDLM {variant_name(params)}"))
         metrics = {**m_drs, "llm": m_llm, "drs": m_drs}
-        # per-user scores of both sides: the report's bootstrap CIs and paired tests read them
-        p_llm.to_parquet(run_dir / "predictions_llm.parquet", index=False)
-        p_drs.to_parquet(run_dir / "predictions_drs.parquet", index=False)
         write_run(run_dir, params, metrics, extra={"history.json": history, "metrics_llm.json": m_llm,
-                                                   "metrics_drs.json": m_drs})
+                                                   "metrics_drs.json": m_drs},
+                  predictions={"predictions_llm.parquet": p_llm, "predictions_drs.parquet": p_drs})
         for d in (CKPT, CKPT + "_ds"):   # finished: the resumable state is not needed
             shutil.rmtree(run_dir / d, ignore_errors=True)
     return m_llm, m_drs, run_dir

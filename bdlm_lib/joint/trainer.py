@@ -219,14 +219,15 @@ class JointTrainer:
     def _domain_rows(self, users, items):
         """P(E_U^D[u]), P(E_I^D[i]) (with grad)."""
         U, I = self.enhanced.domain.embeddings()
-        return (self.proj(U[torch.as_tensor(users)], "user"), self.proj(I[torch.as_tensor(items)], "item"))
+        u, i = torch.as_tensor(users, device=U.device), torch.as_tensor(items, device=I.device)
+        return self.proj(U[u], "user"), self.proj(I[i], "item")
 
     @torch.no_grad()
     def distances(self) -> dict:
         """Mean-squared distances over the whole tables: LLM↔M, domain↔M, LLM↔domain."""
         if self.tm is None or self.M is None:
             return {}
-        LU, LI = id_tables(self.llm, self.tm)
+        LU, LI = id_tables(self.llm, self.tm, device=self.M.M_U.device)
         U, I = self.enhanced.domain.embeddings()
         DU, DI = self.proj(U.float(), "user"), self.proj(I.float(), "item")
         mse = F.mse_loss
@@ -390,7 +391,8 @@ class JointTrainer:
                            tmp / "llm_optim.pt")
             save_file(self.domain_state(), str(tmp / "domain.safetensors"))
             if self.M is not None:
-                save_file({k: v.contiguous() for k, v in self.M.state_dict().items()}, str(tmp / "sharing.safetensors"))
+                save_file({k: v.cpu().contiguous() for k, v in self.M.state_dict().items()},
+                          str(tmp / "sharing.safetensors"))
             torch.save({"dom_opt": self.dom_opt.state_dict()}, tmp / "domain_optim.pt")
             write_json(tmp / "trainer.json", {"step": self.step, "history": self.history})
 

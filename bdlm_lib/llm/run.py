@@ -148,7 +148,6 @@ def run_llm(params: Mapping, ds, variant: str, domain_embeddings=None, progress:
     bs = int(params["sft"]["eval_batch_size"])
     metrics, preds = evaluate(make_score_fn(model, builder, bs, progress), ds, "test",
                               max_users=params["eval"]["max_users"], return_predictions=True)
-    preds.to_parquet(run_dir / "predictions.parquet", index=False)  # per-user CIs in the report
     t_eval = time.perf_counter() - t2
     metrics["llm"] = {
         "variant": variant, **v,
@@ -166,5 +165,5 @@ def run_llm(params: Mapping, ds, variant: str, domain_embeddings=None, progress:
     if params["llm"].get("save_model"):
         model.save_pretrained(run_dir / "model")
         tok.save_pretrained(run_dir / "model")
-    write_run(run_dir, params, metrics)
+    write_run(run_dir, params, metrics, predictions={"predictions.parquet": preds})
     return metrics, run_dir
