@@ -169,3 +169,25 @@ def test_standalone_joint_runs_are_labelled_by_their_params(outputs, tmp_path):
     labels = dict(zip(runs["run_id"] + "/" + runs["side"], runs["label"]))
     assert labels == {"lightgcn-woPE-lam0.1/llm": "w/o PE-llm", "lightgcn-woPE-lam0.1/drs": "w/o PE-drs",
                       "lightgcn-lam0.1/llm": "BDLM-llm", "lightgcn-lam0.1/drs": "BDLM-drs"}
+
+
+def test_table1_lists_the_data_samples_the_reported_runs_used(outputs, tmp_path):
+    import shutil
+
+    from bdlm_lib.data.dataset import dataset_tag
+    from bdlm_lib.params import save_params
+    src, ds = outputs
+    out = tmp_path / "o"
+    shutil.copytree(src / "ml1m", out / "ml1m", ignore=shutil.ignore_patterns("report"))
+    data = out / "ml1m" / "data"
+    (tag,) = [d.name for d in data.iterdir()]
+    shutil.copytree(data / tag, data / "k5-u99-s7")          # another prepared sample, no run uses it
+    build_report(out, n_boot=50)
+    assert sorted(pd.read_csv(out / "report" / "table1.csv")["data"]) == sorted([tag, "k5-u99-s7"])  # runs say nothing
+    params = load_params("ml1m", "smoke", {"output_dir": str(out)})
+    assert dataset_tag(params) == tag
+    for run in (out / "ml1m" / "t").iterdir():
+        save_params(params, run / "params.yaml")
+    build_report(out, n_boot=50)
+    t1 = pd.read_csv(out / "report" / "table1.csv")
+    assert list(t1["data"]) == [tag] and t1.loc[0, "#users"] == ds.n_users

@@ -266,9 +266,20 @@ def improvement(summary: pd.DataFrame, metrics: list[str]) -> tuple[dict, dict]:
     return imp, which
 
 
-def table1(output_dir: Path) -> pd.DataFrame:
+def table1(output_dir: Path, chosen: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Statistics of the prepared data samples: those the reported runs used (read from their
+    params.yaml), or every prepared sample when no reported run says which it used."""
+    from ..data.dataset import dataset_tag
+    used = set()
+    for rd in (set(chosen["run_dir"]) if chosen is not None and len(chosen) else ()):
+        f = Path(rd) / "params.yaml"
+        if f.exists():
+            p = yaml.safe_load(f.read_text(encoding="utf-8"))
+            used.add((Path(str(p["dataset"])).name, dataset_tag(p)))
     rows = []
     for man in sorted(output_dir.glob("*/data/*/manifest.json")):
+        if used and (man.parent.parent.parent.name, man.parent.name) not in used:
+            continue
         s = read_json(man)["stats"]
         rows.append({"dataset": man.parent.parent.parent.name, "data": man.parent.name, "#users": s["users"],
                      "#items": s["items"], "#interactions": s["interactions"],
@@ -410,7 +421,7 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     chosen = choose_runs(runs, lam, preset)
     summary, tables = summarise(chosen, n_boot, alpha) if len(chosen) else (pd.DataFrame(
         columns=["dataset", "label", *METRICS]), {})
-    t1 = table1(output_dir)
+    t1 = table1(output_dir, chosen)
     flagged = sorted(l for l in set(summary["label"]) if "+" in l) if len(summary) else []
     t3 = results_table(summary, BASELINES + BDLM_ROWS + flagged, METRICS) if len(summary) else pd.DataFrame()
     imp, which = improvement(summary, METRICS) if len(summary) else ({}, {})
