@@ -112,6 +112,7 @@ def environment_info() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
     }
     for mod in ("torch", "transformers", "numpy", "pandas", "sklearn", "peft", "deepspeed"):
         m = sys.modules.get(mod)
@@ -127,9 +128,23 @@ def environment_info() -> dict:
         if info["cuda"]:
             info["gpu"] = torch.cuda.get_device_name(0)
         info["torch_threads"] = torch.get_num_threads()
+        # the kernels torch picked (AVX2 / AVX512 ...): on another CPU generation the same seed
+        # gives the same numbers only to float rounding (~1e-6), so a reader needs to know it
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:
         pass
     return info
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def new_run_dir(parent: str | os.PathLike, name: str, overwrite: bool = False) -> Path:
