@@ -128,8 +128,8 @@ def environment_info() -> dict:
         if info["cuda"]:
             info["gpu"] = torch.cuda.get_device_name(0)
         info["torch_threads"] = torch.get_num_threads()
-        # the kernels torch picked (AVX2 / AVX512 ...): on another CPU generation the same seed
-        # gives the same numbers only to float rounding (~1e-6), so a reader needs to know it
+        # the kernels torch picked (AVX2 / AVX512 ...): vectorised kernels of another width may
+        # round differently, so comparing two runs' last bits needs it
         info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:
         pass
