@@ -129,9 +129,12 @@ def evaluate_domain(model, ds, params, split: str = "test", return_predictions: 
 
 # --- checkpoints ------------------------------------------------------------------------------
 
+# domain keys that say how a model is run, not which model it is (a finished run is reused
+# whatever they are: joint.run.pretrained_domain)
+RUNTIME_KEYS = frozenset({"progress", "eval_batch_size", "device"})
 # keys that may change between an interrupted run and its resumption (they do not change what
-# each epoch computes): more epochs, other patience, display/eval batching
-_RESUMABLE = {"epochs", "patience", "progress", "eval_batch_size", "device"}
+# each epoch computes): the runtime keys, more epochs, other patience
+_RESUMABLE = RUNTIME_KEYS | {"epochs", "patience"}
 
 
 def _fingerprint(model, params) -> str:

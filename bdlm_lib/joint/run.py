@@ -65,12 +65,9 @@ def _same(a, b) -> bool:
     return yaml.safe_dump(_plain(a), sort_keys=True) == yaml.safe_dump(_plain(b), sort_keys=True)
 
 
-# domain keys that say how a model was run, not which model it is
-_RUNTIME = ("progress", "device", "eval_batch_size")
-
-
 def _model_keys(domain) -> dict:
-    return {k: v for k, v in dict(domain or {}).items() if k not in _RUNTIME}
+    from ..domain.trainer import RUNTIME_KEYS
+    return {k: v for k, v in dict(domain or {}).items() if k not in RUNTIME_KEYS}
 
 
 def pretrained_domain(params: Mapping, ds, domain_run=None):
