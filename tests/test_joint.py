@@ -189,6 +189,26 @@ def test_cascade_scores_all_20_candidates_from_item_tokens(params):
     assert math.isclose(scores[frame.index[frame.user == u][k]], ref, rel_tol=1e-4, abs_tol=1e-4)
 
 
+def test_shared_pass_scores_both_sides_as_their_own_passes_do(params, tmp_path):
+    """finish_run's one-pass evaluation (both sides' best state at the same step) must give the
+    scores of the two separate passes, for top-K and binary frames."""
+    from bdlm_lib.joint.cascade import make_shared_score_fns
+    from bdlm_lib.llm.scoring import make_score_fn
+    tr, ds = make_trainer(params(joint__max_steps=2, joint__eval_every=2), run_dir=tmp_path / "run")
+    tr.train()
+    assert tr.history["best"]["llm"]["step"] == tr.history["best"]["drs"]["step"] == 2
+    with torch.no_grad():                       # make the h_L half of the enhanced head matter
+        tr.enhanced.head.weight[:, -64:].normal_()
+    fn_llm, fn_drs = make_shared_score_fns(tr.eval_model(), tr.builder, tr.enhanced, 4, progress=False)
+    ref_llm = make_score_fn(tr.eval_model(), tr.builder, 4, progress=False)
+    ref_drs = make_cascade_score_fn(tr.eval_model(), tr.builder, tr.enhanced, 4, progress=False)
+    for frame in (ds.topk("test"), ds.binary("test")):
+        got_drs, got_llm = fn_drs(frame), fn_llm(frame)   # the drs call runs the pass for both
+        assert np.isfinite(got_llm).all() and np.std(got_llm) > 0
+        np.testing.assert_allclose(got_llm, ref_llm(frame), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got_drs, ref_drs(frame), rtol=1e-4, atol=1e-5)
+
+
 def test_enhanced_model_starts_as_the_domain_model_and_is_detached(params):
     from bdlm_lib.data import load_dataset
     from bdlm_lib.domain import build_domain_model

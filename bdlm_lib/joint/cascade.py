@@ -81,13 +81,20 @@ def cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size: int = 8, p
 
 @torch.no_grad()
 def cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size: int = 8,
-                           progress: bool = False) -> np.ndarray:
+                           progress: bool = False, with_llm: bool = False):
+    """The enhanced model's binary scores; with `with_llm` also the LLM's P(Yes) from the same
+    pass (what `llm.scoring.score_binary` computes), as a pair (drs, llm)."""
     out = np.zeros(len(prompts))
-    for idx, _, h in _cascade_batches(llm, builder, enhanced, prompts, batch_size, "cascade binary", progress):
+    yes = np.zeros(len(prompts))
+    yn = torch.tensor([builder.yes_id, builder.no_id])
+    for idx, lo, h in _cascade_batches(llm, builder, enhanced, prompts, batch_size, "cascade binary", progress):
         users = np.array([prompts[i].user for i in idx])
         items = np.array([prompts[i].target for i in idx])
         out[idx] = enhanced(users, items, h[:, 0]).double().cpu().numpy()
-    return out
+        if with_llm:
+            lg = restricted_logits(llm, lo.answer_hidden.float(), yn.expand(len(idx), 2))
+            yes[idx] = torch.softmax(lg, dim=1)[:, 0].cpu().numpy()
+    return (out, yes) if with_llm else out
 
 
 def make_cascade_score_fn(llm, builder, enhanced, batch_size: int = 8, progress: bool = True):
@@ -100,3 +107,35 @@ def make_cascade_score_fn(llm, builder, enhanced, batch_size: int = 8, progress:
         prompts = builder.binary_prompts(frame, with_answer=False)
         return cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size, progress)
     return score_fn
+
+
+def make_shared_score_fns(llm, builder, enhanced, batch_size: int = 8, progress: bool = True):
+    """(score_fn_llm, score_fn_drs) that share ONE cascade pass per frame (ET only): both sides
+    of a BDLM state are scored for the price of one. Each frame's pair of score arrays is kept for
+    the other side (keyed by the frame's content: `evaluate` rebuilds its frames on every call)."""
+    import hashlib
+    if not builder.et:
+        raise ValueError("make_shared_score_fns: needs ET (without it the LLM ranks by title likelihood)")
+    memo: dict = {}
+
+    def both(frame: pd.DataFrame):
+        key = (tuple(frame.columns),
+               hashlib.sha1(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest())
+        if key not in memo:
+            if "position" in frame.columns:
+                prompts = builder.topk_prompts(frame, with_answer=False)
+                drs, lls = cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size, progress,
+                                                with_llm=True)
+                memo[key] = [_fill(frame, prompts, lls), _fill(frame, prompts, drs)]
+            else:
+                prompts = builder.binary_prompts(frame, with_answer=False)
+                drs, lls = cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size, progress,
+                                                  with_llm=True)
+                memo[key] = [lls, drs]
+        return memo[key]
+
+    def side(k: int):
+        def fn(frame: pd.DataFrame) -> np.ndarray:
+            return both(frame)[k]
+        return fn
+    return side(0), side(1)

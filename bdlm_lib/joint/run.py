@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from ..metrics import evaluate, topk_metrics
 from ..runs import write_run
-from .cascade import cascade_topk_prompts, make_cascade_score_fn
+from .cascade import cascade_topk_prompts, make_cascade_score_fn, make_shared_score_fns
 from .enhanced import EnhancedDomainModel
 from .sharing import DomainProjection, InformationSharingModule
 from .trainer import CKPT, JointTrainer
@@ -238,12 +238,21 @@ def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain
     mu = params["eval"]["max_users"]
     ks = params["eval"]["ks"]
     show = progress and trainer.rank == 0
-    trainer.load_side(run_dir / "best_llm", "llm")
-    m_llm, p_llm = evaluate(make_score_fn(trainer.eval_model(), trainer.builder, bs, show), ds, "test", mu, ks,
-                            return_predictions=True)
-    trainer.load_side(run_dir / "best_drs", "drs")
-    m_drs, p_drs = evaluate(make_cascade_score_fn(trainer.eval_model(), trainer.builder, trainer.enhanced, bs,
-                                                  show), ds, "test", mu, ks, return_predictions=True)
+    best = history["best"]
+    if trainer.tm is not None and best.get("llm", {}).get("step") == best.get("drs", {}).get("step"):
+        # both sides' best state is the same step (best_drs holds all of it): one cascade pass
+        # scores both, which halves the test evaluation
+        trainer.load_side(run_dir / "best_drs", "drs")
+        fn_llm, fn_drs = make_shared_score_fns(trainer.eval_model(), trainer.builder, trainer.enhanced, bs, show)
+    else:
+        trainer.load_side(run_dir / "best_llm", "llm")
+        fn_llm = make_score_fn(trainer.eval_model(), trainer.builder, bs, show)
+        fn_drs = None
+    m_llm, p_llm = evaluate(fn_llm, ds, "test", mu, ks, return_predictions=True)
+    if fn_drs is None:
+        trainer.load_side(run_dir / "best_drs", "drs")
+        fn_drs = make_cascade_score_fn(trainer.eval_model(), trainer.builder, trainer.enhanced, bs, show)
+    m_drs, p_drs = evaluate(fn_drs, ds, "test", mu, ks, return_predictions=True)
     info = {"method": joint_method(params), "variant": variant_name(params), "dataset": str(params["dataset"]),
             "preset": params.get("preset"), "domain_model": params["domain"]["model"],
             "domain_run": str(domain_dir), "best": history["best"], "steps": trainer.n_global,
