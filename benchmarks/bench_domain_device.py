@@ -1,7 +1,7 @@
 """The domain side on the GPU against the CPU, in the same run (`params.domain.device`).
 
     python benchmarks/bench_domain_device.py [--dataset ml1m] [--preset paper] [--steps 20]
-        [--models lightgcn,mf,ncf,sasrec,gru4rec,bert4rec] [--cpu-models lightgcn]
+        [--models lightgcn,gmf,ncf,sasrec,gru4rec,bert4rec] [--cpu-models lightgcn]
         [--random-weights CONFIG_DIR] [--set KEY=VALUE ...]
 
 1. One training epoch (+ one validation) of each domain model on the GPU, and of `--cpu-models`
@@ -40,7 +40,9 @@ def sync():
 
 
 def epoch_seconds(name: str, ds, params, device: str) -> tuple[float, float]:
-    """(one training epoch, one validation HR@1) in seconds for a fresh `name` on `device`."""
+    """(one training epoch, one validation HR@1) in seconds for a fresh method `name` (its domain
+    model: gmf -> mf) on `device`."""
+    name = params["domain"]["model"]
     model = build_domain_model(name, ds.n_users, ds.n_items, params, ds=ds).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=float(model_setting(params, name, "lr")))
     sampler = NegativeSampler(ds.train["user"].to_numpy(), ds.train["item"].to_numpy(), ds.n_items)
@@ -61,7 +63,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="ml1m")
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--models", default="lightgcn,mf,ncf,sasrec,gru4rec,bert4rec")
+    ap.add_argument("--models", default="lightgcn,gmf,ncf,sasrec,gru4rec,bert4rec")
     ap.add_argument("--cpu-models", default="lightgcn", help="also timed on the CPU (the reference)")
     ap.add_argument("--eval-users", type=int, default=200)
     ap.add_argument("--random-weights", default=None, metavar="CONFIG_DIR")

@@ -23,8 +23,9 @@ MODELS = ("mf", "ncf", "lightgcn", "sasrec", "gru4rec", "bert4rec")
 
 
 def domain_device(params: Mapping) -> torch.device:
-    """`params.domain.device`: cpu (default), cuda, cuda:N or auto (the GPU when there is one). Where the
-    model trains and scores; it does not change which run a model is (not part of run identity)."""
+    """`params.domain.device`: auto (base.yaml's default: the GPU when there is one), cpu, cuda or
+    cuda:N (params without the key: cpu). Where the model trains and scores; it does not change
+    which run a model is (not part of run identity)."""
     want = str(params["domain"].get("device") or "cpu")
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
