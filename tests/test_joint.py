@@ -96,7 +96,7 @@ def test_pe_makes_llm_rows_m_and_mapped_domain_equal(params):
     from bdlm_lib.joint.llm_io import id_tables
     LU, LI = id_tables(tr.llm, tr.tm)
     assert LU.shape == (ds.n_users, 64) and tr.proj.linear is not None   # d = 32 != h = 64: learned P
-    assert torch.allclose(LU, tr.M.M_U, atol=1e-5) and torch.allclose(LI, tr.M.M_I, atol=1e-5)
+    assert torch.allclose(LU, tr.M.M_U.cpu(), atol=1e-5) and torch.allclose(LI, tr.M.M_I.cpu(), atol=1e-5)
     assert tr.distances()["dist_llm_domain"] < 1e-8
 
 
@@ -113,8 +113,8 @@ def _grads_after_step(p, perturb: bool):
     def shake():
         if perturb:
             with torch.no_grad():
-                tr.M.M_U.add_(torch.randn(tr.M.M_U.shape, generator=gen))
-                tr.M.M_I.add_(torch.randn(tr.M.M_I.shape, generator=gen))
+                tr.M.M_U.add_(torch.randn(tr.M.M_U.shape, generator=gen).to(tr.M.M_U.device))
+                tr.M.M_I.add_(torch.randn(tr.M.M_I.shape, generator=gen).to(tr.M.M_I.device))
     torch.manual_seed(step_seed(tr.seed, 0))
     rng = np.random.default_rng(step_seed(tr.seed, 0))
     prompts = [tr.samples[n] for n in tr.schedule[0]]
