@@ -39,9 +39,9 @@ def sync():
         torch.cuda.synchronize()
 
 
-def epoch_seconds(name: str, ds, params, device: str) -> tuple[float, float]:
-    """(one training epoch, one validation HR@1) in seconds for a fresh method `name` (its domain
-    model: gmf -> mf) on `device`."""
+def epoch_seconds(ds, params, device: str) -> tuple[float, float]:
+    """(one training epoch, one validation HR@1) in seconds for a fresh `params.domain.model`
+    (method gmf -> model mf) on `device`."""
     name = params["domain"]["model"]
     model = build_domain_model(name, ds.n_users, ds.n_items, params, ds=ds).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=float(model_setting(params, name, "lr")))
@@ -87,8 +87,8 @@ def main() -> None:
     cpu_models = set(filter(None, args.cpu_models.split(",")))
     for name in filter(None, args.models.split(",")):
         p = method_params(name, args.dataset, args.preset, over)
-        g = epoch_seconds(name, ds, p, "cuda")
-        c = epoch_seconds(name, ds, p, "cpu") if name in cpu_models else None
+        g = epoch_seconds(ds, p, "cuda")
+        c = epoch_seconds(ds, p, "cpu") if name in cpu_models else None
         res["epoch"][name] = {"gpu": g, "cpu": c}
         ratio = f"{c[0] / g[0]:.1f}x" if c else "-"
         print(f"| {name} | {g[0]:.2f} | {g[1]:.2f} | {f'{c[0]:.2f}' if c else '-'} | {ratio} |", flush=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..llm.scoring import _batches, _fill, _pad_id, _progress, restricted_logits, score_topk_prompts
+from ..llm.scoring import _batches, _fill, _pad_id, _progress, p_yes, restricted_logits, score_topk_prompts
 from ..llm.sft import collate, lm_forward
 
 
@@ -86,14 +86,12 @@ def cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size: int = 8,
     pass (what `llm.scoring.score_binary` computes), as a pair (drs, llm)."""
     out = np.zeros(len(prompts))
     yes = np.zeros(len(prompts))
-    yn = torch.tensor([builder.yes_id, builder.no_id])
     for idx, lo, h in _cascade_batches(llm, builder, enhanced, prompts, batch_size, "cascade binary", progress):
         users = np.array([prompts[i].user for i in idx])
         items = np.array([prompts[i].target for i in idx])
         out[idx] = enhanced(users, items, h[:, 0]).double().cpu().numpy()
         if with_llm:
-            lg = restricted_logits(llm, lo.answer_hidden.float(), yn.expand(len(idx), 2))
-            yes[idx] = torch.softmax(lg, dim=1)[:, 0].cpu().numpy()
+            yes[idx] = p_yes(llm, builder, lo.answer_hidden.float())
     return (out, yes) if with_llm else out
 
 

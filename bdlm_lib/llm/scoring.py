@@ -157,17 +157,20 @@ def score_topk(model, builder: PromptBuilder, frame: pd.DataFrame, batch_size: i
     return _fill(frame, prompts, score_topk_prompts(model, builder, prompts, batch_size, progress))
 
 
+def p_yes(model, builder: PromptBuilder, h: torch.Tensor) -> np.ndarray:
+    """P(Yes) / (P(Yes) + P(No)) from answer-position hidden states h [B, h_dim]."""
+    yn = torch.tensor([builder.yes_id, builder.no_id]).expand(len(h), 2)
+    return torch.softmax(restricted_logits(model, h, yn), dim=1)[:, 0].cpu().numpy()
+
+
 @torch.no_grad()
 def score_binary_prompts(model, builder: PromptBuilder, prompts: Sequence[Prompt],
                          batch_size: int = 8, progress: bool = False) -> np.ndarray:
     out = np.zeros(len(prompts))
     pad = _pad_id(builder.tok)
-    yn = torch.tensor([builder.yes_id, builder.no_id])
     n_b = (len(prompts) + batch_size - 1) // batch_size
     for idx in _progress(_batches(prompts, batch_size), n_b, "binary", progress):
-        h = answer_hidden(model, [prompts[i] for i in idx], pad)
-        lg = restricted_logits(model, h, yn.expand(len(idx), 2))
-        out[idx] = torch.softmax(lg, dim=1)[:, 0].cpu().numpy()
+        out[idx] = p_yes(model, builder, answer_hidden(model, [prompts[i] for i in idx], pad))
     return out
 
 
