@@ -141,6 +141,8 @@ _RULES = {
     "data.format": (lambda v: v in (None, "ml1m", "tsv", "amazon2014", "amazon2018"),
                     "null, ml1m, tsv, amazon2014 or amazon2018"),
     "data.kcore": (lambda v: v >= 1, "an integer >= 1"),
+    "data.top_items": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                       "null or an integer >= 1"),
     "data.sample_users": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
                           "null or an integer >= 1"),
     "testset.n_candidates": (lambda v: v >= 2, "an integer >= 2"),
@@ -191,13 +193,25 @@ def load_params(dataset: str | None = None, preset: str | None = None,
 
     # a folder path gets no dataset layer: "/tmp/x/ml1m" is not the registered ml1m
     ds_file = pdir / "datasets" / f"{dataset}.yaml"
+    ds_layer: dict = {}
     if not _is_path(str(dataset)) and ds_file.exists():
-        _merge(schema, params, _read_yaml(ds_file), str(ds_file))
+        ds_layer = _read_yaml(ds_file)
+    # a dataset may adjust a preset for itself (the cpu preset's dense subset of sparse Amazon data);
+    # that section is merged after the preset, so it wins over it but not over the overrides
+    per_preset = ds_layer.pop("presets", None) or {}
+    if not isinstance(per_preset, dict):
+        raise ParamsError(f"{ds_file}: 'presets' must map preset names to parameter sections")
+    _merge(schema, params, ds_layer, str(ds_file))
     pr_file = pdir / "presets" / f"{preset}.yaml"
     if _is_path(str(preset)) or not pr_file.exists():
         known = sorted(p.stem for p in (pdir / "presets").glob("*.yaml"))
         raise ParamsError(f"preset '{preset}': no {pr_file} (known: {', '.join(known)})")
     _merge(schema, params, _read_yaml(pr_file), str(pr_file))
+    section = per_preset.get(preset)
+    if section is not None:
+        if not isinstance(section, dict):
+            raise ParamsError(f"{ds_file}: 'presets.{preset}' must be a mapping of parameters")
+        _merge(schema, params, section, f"{ds_file} (presets.{preset})")
     _merge(schema, params, over, "overrides")
     params["dataset"], params["preset"] = dataset, preset
     _validate(params)

@@ -10,6 +10,7 @@ from scipy.stats import chisquare
 from bdlm_lib import load_params
 from bdlm_lib.data import load_dataset, table1
 from bdlm_lib.data.loaders import read_raw
+from bdlm_lib.data.loaders import DataError
 from bdlm_lib.data.prepare import process
 from conftest import REAL_DATA
 
@@ -87,3 +88,31 @@ def test_amazon_folders_load_and_are_already_5core(name, counts):
     assert (s["users"], s["items"], s["interactions"]) == counts   # SOURCES.md counts
     assert proc.counts["dropped_kcore"] == 0 and proc.counts["dropped_untitled"] == 0
     assert (proc.train.groupby("user")["timestamp"].diff().dropna() >= 0).all()
+
+
+def test_amazon_top_items_subset_is_dense_and_seeded(tmp_path):
+    """The cpu preset's Amazon subset: the 2000 most-interacted items, 5-core, all their users."""
+    folder = REAL_DATA / "amazon-beauty"
+    if not folder.is_dir():
+        pytest.skip(f"no {folder}")
+    inter, titles = read_raw(folder, "tsv")
+    full = process(inter, titles, kcore_k=5)
+    sub = process(inter, titles, kcore_k=5, top_items=2000)
+    n_full = np.bincount(pd.concat([full.train, full.valid, full.test])["item"], minlength=full.stats["items"])
+    kept = set(sub.items["raw_id"])
+    assert len(kept) <= 2000 and kept <= set(full.items["raw_id"])
+    # every kept item is among the 2000 most-interacted ones of the whole data
+    cutoff = np.sort(n_full)[::-1][1999]
+    raw_n = dict(zip(full.items["raw_id"], n_full))
+    assert min(raw_n[r] for r in kept) >= cutoff
+    rows = pd.concat([sub.train, sub.valid, sub.test])
+    assert (rows["user"].value_counts() >= 5).all() and (rows["item"].value_counts() >= 5).all()
+    # dense enough for a collaborative model: a 1500-user uniform sample keeps ~2 per item
+    sampled = process(inter, titles, 5, sample_users=1500).counts["avg_per_item"]
+    assert sub.counts["avg_per_item"] > 20 and sampled < 3
+    assert sub.counts["dropped_by_top_items"] > 0
+    again = process(inter, titles, kcore_k=5, top_items=2000)
+    assert again.items["raw_id"].tolist() == sub.items["raw_id"].tolist()
+    assert again.train.equals(sub.train)
+    with pytest.raises(DataError, match="data.top_items=0"):
+        process(inter, titles, kcore_k=5, top_items=0)

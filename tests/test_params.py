@@ -37,6 +37,27 @@ def test_layer_precedence(tmp_path):
     assert p.get_dotted("data.noun") == "toys" and p.to_dict()["data"]["kcore"] == 7
 
 
+def test_a_dataset_can_adjust_a_preset_for_itself(tmp_path):
+    pdir = tmp_path / "params"
+    shutil.copytree(PARAMS, pdir)
+    (pdir / "datasets" / "ml1m.yaml").write_text(
+        "data:\n  noun: toys\npresets:\n  cpu:\n    data:\n      sample_users: 7\n      top_items: 9\n")
+    p = load_params("ml1m", "cpu", params_dir=pdir)
+    assert p.data.sample_users == 7 and p.data.top_items == 9 and p.data.noun == "toys"  # over the preset
+    p = load_params("ml1m", "smoke", params_dir=pdir)                 # another preset: untouched
+    assert p.data.sample_users == 150 and p.data.top_items is None
+    assert load_params("ml1m", "cpu", {"data.top_items": None}, params_dir=pdir).data.top_items is None
+    (pdir / "datasets" / "ml1m.yaml").write_text("presets:\n  cpu:\n    data:\n      top_item: 9\n")
+    with pytest.raises(ParamsError, match=r"ml1m\.yaml \(presets\.cpu\): unknown parameter 'data\.top_item'"):
+        load_params("ml1m", "cpu", params_dir=pdir)
+    (pdir / "datasets" / "ml1m.yaml").write_text("presets:\n  cpu: 3\n")
+    with pytest.raises(ParamsError, match=r"'presets\.cpu' must be a mapping"):
+        load_params("ml1m", "cpu", params_dir=pdir)
+    # as shipped: the Amazon sets' cpu preset is the dense top-items subset, ML-1M's a user sample
+    assert load_params("amazon-beauty", "cpu").data.top_items == 2000
+    assert load_params("ml1m", "cpu").data.top_items is None
+
+
 def test_types_are_checked_and_coerced():
     assert load_params("ml1m", "smoke", {"sft.lr": "1e-3"}).sft.lr == pytest.approx(1e-3)  # YAML quirk
     assert isinstance(load_params("ml1m", "smoke", {"sft.lr": 1}).sft.lr, float)
@@ -57,7 +78,8 @@ def test_unknown_keys_fail_naming_the_key(tmp_path):
 
 
 def test_ranges_presets_and_datasets():
-    for key, bad in [("data.kcore", 0), ("data.sample_users", 0), ("seed", -1),
+    for key, bad in [("data.kcore", 0), ("data.sample_users", 0), ("data.top_items", 0),
+                     ("seed", -1),
                      ("testset.n_binary_neg", 0), ("eval.max_users", 0)]:
         with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
             load_params("ml1m", "smoke", {key: bad})

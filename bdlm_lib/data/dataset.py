@@ -31,7 +31,8 @@ MANIFEST_VERSION = 3  # 2: zero-similarity titles no longer count as similar; st
 def dataset_tag(params: Mapping) -> str:
     d = params["data"]
     size = f"u{d['sample_users']}" if d.get("sample_users") else "all"
-    return f"k{d['kcore']}-{size}-s{params['seed']}"
+    top = f"i{d['top_items']}-" if d.get("top_items") else ""
+    return f"k{d['kcore']}-{top}{size}-s{params['seed']}"
 
 
 def dataset_dir(params: Mapping) -> Path:
@@ -42,7 +43,8 @@ def dataset_dir(params: Mapping) -> Path:
 def _recipe(params: Mapping) -> dict:
     """The params that determine the prepared data (a change invalidates the cache)."""
     return {"dataset": str(params["dataset"]), "seed": params["seed"],
-            "data": {k: params["data"][k] for k in ("format", "kcore", "sample_users", "title_extras")},
+            "data": {k: params["data"].get(k) for k in ("format", "kcore", "top_items", "sample_users",
+                                                          "title_extras")},
             "testset": dict(params["testset"])}
 
 
@@ -90,7 +92,7 @@ def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True,
     inter, titles = read_raw(folder, fmt, bool(params["data"].get("title_extras")))
     t_read = time.perf_counter() - t0
     proc = process(inter, titles, params["data"]["kcore"], params["data"].get("sample_users"),
-                   params["seed"], source=str(folder))
+                   params["seed"], source=str(folder), top_items=params["data"].get("top_items"))
     t_proc = time.perf_counter() - t0 - t_read
     ts = params["testset"]
     try:

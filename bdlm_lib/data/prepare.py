@@ -59,13 +59,16 @@ def _sorted_ids(values: pd.Series) -> np.ndarray:
 
 
 def process(inter: pd.DataFrame, titles: pd.DataFrame, kcore_k: int = 5,
-            sample_users: int | None = None, seed: int = 42, source: str = "data") -> Processed:
+            sample_users: int | None = None, seed: int = 42, source: str = "data",
+            top_items: int | None = None) -> Processed:
     if inter.empty:
         raise DataError(f"{source}: no interactions")
     if kcore_k < 1:
         raise DataError(f"data.kcore={kcore_k}: must be >= 1")
     if sample_users is not None and sample_users < 1:
         raise DataError(f"data.sample_users={sample_users}: must be >= 1 (or null for all users)")
+    if top_items is not None and top_items < 1:
+        raise DataError(f"data.top_items={top_items}: must be >= 1 (or null for all items)")
     n_raw = len(inter)
     titled = titles.loc[titles["title"] != "", "item_raw"]
     inter = inter[inter["item_raw"].isin(titled)]
@@ -80,6 +83,16 @@ def process(inter: pd.DataFrame, titles: pd.DataFrame, kcore_k: int = 5,
     n_sorted = len(inter)
     inter = inter.drop_duplicates(["user_raw", "item_raw"], keep="first")  # earliest kept
     n_dedup = len(inter)
+    if top_items is not None:
+        # the N most-interacted items (ties: the smaller raw id), then the k-core: a dense subset.
+        # A uniform user sample of sparse Amazon data keeps ~2 interactions per item, too few for
+        # any collaborative model to beat chance (LightGCN HR@1 0.05 of 20 candidates, measured).
+        counts = inter["item_raw"].value_counts()
+        ranked = pd.DataFrame({"item": _sorted_ids(counts.index.to_series())})
+        ranked["n"] = counts.loc[ranked["item"]].to_numpy()
+        top = ranked.sort_values("n", ascending=False, kind="stable")["item"].head(top_items)
+        inter = inter[inter["item_raw"].isin(set(top))]
+    n_top = len(inter)
     inter = kcore(inter, kcore_k)
     n_core = len(inter)
     if inter.empty:
@@ -125,7 +138,8 @@ def process(inter: pd.DataFrame, titles: pd.DataFrame, kcore_k: int = 5,
               "avg_per_user": n / n_u, "avg_per_item": n / n_i,
               "raw_interactions": n_raw, "dropped_untitled": n_raw - n_titled,
               "dropped_duplicates": n_sorted - n_dedup,
-              "dropped_kcore": n_dedup - n_core,
+              "dropped_by_top_items": n_dedup - n_top,
+              "dropped_kcore": n_top - n_core,
               "dropped_by_user_sample": n_core - n}
     return Processed(train, valid, test, users, items, stats, counts)
 
