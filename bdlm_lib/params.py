@@ -134,6 +134,10 @@ def _plain(d: Any) -> Any:
     return d
 
 
+# null or a count >= 1 (bool is an int in Python, so it is excluded by name)
+_OPTIONAL_COUNT = (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                   "null or an integer >= 1")
+
 # Range/choice rules of the data section (the other sections' owners may add theirs here):
 # key -> (check, what it must be). Checked once the layers are merged, naming the key.
 _RULES = {
@@ -141,15 +145,12 @@ _RULES = {
     "data.format": (lambda v: v in (None, "ml1m", "tsv", "amazon2014", "amazon2018"),
                     "null, ml1m, tsv, amazon2014 or amazon2018"),
     "data.kcore": (lambda v: v >= 1, "an integer >= 1"),
-    "data.top_items": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-                       "null or an integer >= 1"),
-    "data.sample_users": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-                          "null or an integer >= 1"),
+    "data.top_items": _OPTIONAL_COUNT,
+    "data.sample_users": _OPTIONAL_COUNT,
     "testset.n_candidates": (lambda v: v >= 2, "an integer >= 2"),
     "testset.n_binary_neg": (lambda v: v >= 1, "an integer >= 1"),
     "testset.sim_pool": (lambda v: v >= 0, "an integer >= 0"),
-    "eval.max_users": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-                       "null or an integer >= 1"),
+    "eval.max_users": _OPTIONAL_COUNT,
 }
 
 

@@ -9,8 +9,7 @@ from scipy.stats import chisquare
 
 from bdlm_lib import load_params
 from bdlm_lib.data import load_dataset, table1
-from bdlm_lib.data.loaders import read_raw
-from bdlm_lib.data.loaders import DataError
+from bdlm_lib.data.loaders import DataError, read_raw
 from bdlm_lib.data.prepare import process
 from conftest import REAL_DATA
 
@@ -90,7 +89,7 @@ def test_amazon_folders_load_and_are_already_5core(name, counts):
     assert (proc.train.groupby("user")["timestamp"].diff().dropna() >= 0).all()
 
 
-def test_amazon_top_items_subset_is_dense_and_seeded(tmp_path):
+def test_amazon_top_items_subset_is_dense_and_seeded():
     """The cpu preset's Amazon subset: the 2000 most-interacted items, 5-core, all their users."""
     folder = REAL_DATA / "amazon-beauty"
     if not folder.is_dir():
