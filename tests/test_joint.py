@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from bdlm_lib.joint import (EnhancedDomainModel, InformationSharingModule, build_joint,
@@ -316,7 +317,7 @@ def test_gpt4sm_baseline_runs_with_frozen_text_embeddings(params):
 def test_pretrained_domain_reused_whatever_the_runtime_keys(params):
     """domain.device / progress / eval_batch_size say how a model ran, not which model it is."""
     from bdlm_lib.data import load_dataset
-    from bdlm_lib.joint.run import pretrained_domain
+    from bdlm_lib.joint.run import pretrained_domain, same_data
     p = params()
     ds = load_dataset(p, verbose=False)
     _, d1 = pretrained_domain(p, ds)
@@ -324,6 +325,12 @@ def test_pretrained_domain_reused_whatever_the_runtime_keys(params):
     assert d2 == d1
     _, d3 = pretrained_domain(params(domain__epochs=p.domain.epochs + 1), ds)
     assert d3 != d1 and (d3 / "model.safetensors").exists()
+    # a run made before data.top_items existed (its params.yaml lacks the key) is the same data
+    saved = yaml.safe_load((d1 / "params.yaml").read_text())
+    del saved["data"]["top_items"]
+    (d1 / "params.yaml").write_text(yaml.safe_dump(saved))
+    assert pretrained_domain(p, ds)[1] == d1
+    assert not same_data({**saved, "data": {**saved["data"], "top_items": 50}}, p)
 
 
 def test_claim_run_dir_resumes_same_params_only(params, tmp_path):

@@ -14,16 +14,16 @@ import yaml
 
 from ..runs import read_json
 
-KEYS = ("dataset", "seed", "data", "testset", "eval", "preset")
+KEYS = ("eval", "preset")     # with the data recipe (run.same_data)
 
 
 def _matches(run: Path, params: Mapping) -> bool:
-    from .run import _same
+    from .run import _same, same_data
     if not (run / "metrics.json").exists() or not (run / "params.yaml").exists():
         return False
     with open(run / "params.yaml", encoding="utf-8") as f:
         saved = yaml.safe_load(f)
-    return all(_same(saved.get(k), params.get(k)) for k in KEYS)
+    return same_data(saved, params) and all(_same(saved.get(k), params.get(k)) for k in KEYS)
 
 
 def find_run(parent: Path, name: str, params: Mapping) -> Path | None:

@@ -65,6 +65,16 @@ def _same(a, b) -> bool:
     return yaml.safe_dump(_plain(a), sort_keys=True) == yaml.safe_dump(_plain(b), sort_keys=True)
 
 
+def same_data(saved: Mapping, params: Mapping) -> bool:
+    """Made on the same prepared data: the data cache's recipe, which reads a key missing from a
+    params.yaml written before that key existed as its null default (data.top_items)."""
+    from ..data.dataset import _recipe
+    try:
+        return _same(_recipe(saved), _recipe(params))
+    except (KeyError, TypeError, AttributeError):   # not a params file of this workbench
+        return False
+
+
 def _model_keys(domain) -> dict:
     from ..domain.trainer import RUNTIME_KEYS
     return {k: v for k, v in dict(domain or {}).items() if k not in RUNTIME_KEYS}
@@ -89,7 +99,7 @@ def pretrained_domain(params: Mapping, ds, domain_run=None):
             continue
         with open(cand / "params.yaml", encoding="utf-8") as f:
             saved = yaml.safe_load(f)
-        if all(_same(saved.get(k), params[k]) for k in ("dataset", "seed", "data", "testset")) \
+        if same_data(saved, params) \
                 and _same(_model_keys(saved.get("domain")), _model_keys(params["domain"])):
             return load_domain(cand), cand
     model, _, run_dir = run_domain(params, ds)
