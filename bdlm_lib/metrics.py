@@ -91,15 +91,21 @@ def binary_metrics(test_labels: np.ndarray, test_scores: np.ndarray, threshold: 
 
 
 def evaluate(score_fn: ScoreFn, ds, split: str = "test", max_users: int | None = None,
-             ks: Sequence[int] = (1, 2, 5, 10), return_predictions: bool = False):
+             ks: Sequence[int] = (1, 2, 5, 10), return_predictions: bool = False,
+             topk_users: int | None = None):
     """Score `ds`'s persisted candidate sets with `score_fn(frame) -> scores` (higher = better).
 
     `frame` has columns user, item, label (and position for top-K). Returns the metrics.json
     layout: {"topk": {...}, "binary": {...}, "split", "max_users"}; the binary threshold is chosen
     on the validation binary set of the same users. With `return_predictions`, also a long frame of
     (task, split, user, item, label, score) for per-user analysis (bootstrap CIs, paired tests).
+    `topk_users` (None: max_users) ranks more users than the binary task scores: a top-K prompt
+    costs an LLM one pass, a user's four binary prompts (valid + test) more, and HR@1 is the
+    metric whose CIs decide a comparison. The seeded subsets are nested (the first n of one
+    permutation), so the max_users users are among the topk_users ones.
     """
-    topk = ds.topk(split, max_users=max_users)
+    n_topk = max_users if topk_users is None else topk_users
+    topk = ds.topk(split, max_users=n_topk)
     t_scores = np.asarray(score_fn(topk), dtype=np.float64)
     vbin = ds.binary("valid", max_users=max_users)
     v_scores = np.asarray(score_fn(vbin), dtype=np.float64)
@@ -109,6 +115,7 @@ def evaluate(score_fn: ScoreFn, ds, split: str = "test", max_users: int | None =
     metrics = {
         "split": split,
         "max_users": max_users,
+        "topk_users": n_topk,
         "topk": topk_metrics(topk, t_scores, ks),
         "binary": binary_metrics(tbin["label"].to_numpy(), b_scores, threshold),
     }

@@ -151,6 +151,7 @@ _RULES = {
     "testset.n_binary_neg": (lambda v: v >= 1, "an integer >= 1"),
     "testset.sim_pool": (lambda v: v >= 0, "an integer >= 0"),
     "eval.max_users": _OPTIONAL_COUNT,
+    "eval.topk_users": _OPTIONAL_COUNT,
 }
 
 

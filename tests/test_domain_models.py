@@ -42,6 +42,12 @@ def test_trains_on_ml1m_smoke_and_loss_falls(smoke, name):
     m = evaluate_domain(model, ds, p)
     assert set(m) >= {"split", "max_users", "topk", "binary"}
     assert m["topk"]["n_users"] == p.eval.max_users
+    # eval.topk_users reaches the domain evaluation: more users ranked, binary unchanged
+    p2 = load_params("ml1m", "smoke", overrides={"output_dir": p.output_dir, "domain.progress": False,
+                                                 "eval.topk_users": p.eval.max_users + 5})
+    m2 = evaluate_domain(model, ds, p2)
+    assert m2["topk"]["n_users"] == p.eval.max_users + 5
+    assert m2["binary"] == m["binary"]
 
 
 def write_communities(folder, n_comm=6, items_per=15, users_per=40, per_user=12, seed=0):

@@ -274,12 +274,13 @@ def test_variants_train(params, over, expect):
 # ---------------------------------------------------------------------------- end to end
 
 def test_run_bdlm_writes_both_sides_and_artefacts(params):
-    p = params(joint__max_steps=2, eval__max_users=12)
+    # eval.topk_users: 16 users ranked, the binary task on 12 of them (both sides, every row)
+    p = params(joint__max_steps=2, eval__max_users=12, eval__topk_users=16)
     m_llm, m_drs, run_dir = run_bdlm(p, progress=False)
     assert run_dir.parent.name == "bdlm" and run_dir.name == "lightgcn-lam0.1"
     for m in (m_llm, m_drs):
-        assert m["topk"]["n_users"] == 12 and 0 <= m["topk"]["HR@1"] <= m["topk"]["HR@2"] <= 1
-        assert 0 <= m["binary"]["f1"] <= 1
+        assert m["topk"]["n_users"] == 16 and 0 <= m["topk"]["HR@1"] <= m["topk"]["HR@2"] <= 1
+        assert 0 <= m["binary"]["f1"] <= 1 and m["binary"]["n"] == 12 * 2
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["llm"]["topk"] == m_llm["topk"] and saved["topk"] == m_drs["topk"]
     for f in ("llm_rows", "domain", "sharing"):
@@ -289,10 +290,10 @@ def test_run_bdlm_writes_both_sides_and_artefacts(params):
     assert len(hist["steps"]) == 2 and {"L_LLM", "L_ML^L", "L_D", "L_ML^D", "dist_llm_domain"} <= set(hist["steps"][0])
     assert (run_dir / "training.png").stat().st_size > 0 and not (run_dir / CKPT).exists()
     from bdlm_lib.joint.compare import results_table
-    p2 = params(joint__max_steps=2, eval__max_users=12, sft__max_steps=1)
+    p2 = params(joint__max_steps=2, eval__max_users=12, eval__topk_users=16, sft__max_steps=1)
     table = results_table(p2, bdlm_run=run_dir, run_missing=True, progress=False)
     assert list(table.index) == ["lightgcn", "InstructRec", "BDLM-llm", "BDLM-drs"]
-    assert (table["n_users"] == 12).all() and table.loc["BDLM-drs", "HR@1"] == m_drs["topk"]["HR@1"]
+    assert (table["n_users"] == 16).all() and table.loc["BDLM-drs", "HR@1"] == m_drs["topk"]["HR@1"]
     best = table.loc[["lightgcn", "InstructRec"], "HR@1"].max()
     if best > 0:
         assert table.loc["BDLM-llm", "HR@1 vs best baseline"] == f"{100 * (m_llm['topk']['HR@1'] / best - 1):+.1f}%"

@@ -81,6 +81,28 @@ def test_evaluate_end_to_end(fixture_dirs, make_params):
     assert set(m["binary"]) == {"precision", "recall", "f1", "auc", "threshold", "n"}
 
 
+def test_evaluate_ranks_more_users_than_it_scores_binary(fixture_dirs, make_params):
+    ds = load_dataset(make_params(fixture_dirs["tsv"]), verbose=False)
+    seen = []
+
+    def score(f):       # records which users each task was asked about
+        seen.append(("topk" if "position" in f else "binary", set(f["user"])))
+        return -f["item"].to_numpy(float)
+    m, preds = evaluate(score, ds, max_users=10, topk_users=25, return_predictions=True)
+    (_, top), (_, vbin), (_, tbin) = seen
+    assert len(top) == 25 and len(vbin) == len(tbin) == 10
+    assert tbin < top              # nested: the binary users are among the ranked ones
+    assert m["topk"]["n_users"] == 25 and m["topk_users"] == 25 and m["max_users"] == 10
+    assert m["binary"]["n"] == 10 * 2
+    assert len(preds.query("task == 'topk'")) == 25 * 20
+    # the first 10 ranked users score as they do in a max_users=10 run
+    small, sp = evaluate(score, ds, max_users=10, return_predictions=True)
+    assert small["topk_users"] == 10
+    a = preds.query("task == 'topk' and user in @tbin").sort_values(["user", "item"])["score"].to_numpy()
+    b = sp.query("task == 'topk'").sort_values(["user", "item"])["score"].to_numpy()
+    assert np.array_equal(a, b)
+
+
 def test_bootstrap_ci_brackets_the_mean():
     v = np.array([0, 1] * 50, dtype=float)
     lo, hi = bootstrap_ci(v, n_boot=500, seed=0)

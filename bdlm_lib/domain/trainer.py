@@ -124,7 +124,8 @@ def valid_hr1(model, ds, params) -> float:
 def evaluate_domain(model, ds, params, split: str = "test", return_predictions: bool = False):
     """The shared metrics (CONTRACT metrics.json layout) on `split`'s persisted candidate sets."""
     return evaluate(score_fn(model, params), ds, split=split, max_users=params["eval"]["max_users"],
-                    ks=params["eval"]["ks"], return_predictions=return_predictions)
+                    ks=params["eval"]["ks"], return_predictions=return_predictions,
+                    topk_users=params["eval"].get("topk_users"))
 
 
 # --- checkpoints ------------------------------------------------------------------------------

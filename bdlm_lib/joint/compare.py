@@ -51,7 +51,9 @@ def results_table(params: Mapping, ds=None, bdlm_run=None, domain_run=None, run_
         dom = pretrained_domain(params, ds)[1]
     if dom is not None:
         m = read_json(dom / "metrics.json")
-        if m.get("max_users") != params["eval"]["max_users"]:   # same users as the other rows
+        if (m.get("max_users"), m.get("topk_users", m.get("max_users"))) != \
+                (params["eval"]["max_users"], params["eval"].get("topk_users") or params["eval"]["max_users"]):
+            # same users as the other rows
             from ..data import load_dataset
             from ..domain import evaluate_domain, load_domain
             m = evaluate_domain(load_domain(dom), ds if ds is not None else load_dataset(params), params)

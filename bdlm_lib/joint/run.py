@@ -246,6 +246,7 @@ def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain
     save_embeddings(trainer, run_dir)
     bs = int(params["sft"].get("eval_batch_size") or 8)
     mu = params["eval"]["max_users"]
+    tu = params["eval"].get("topk_users")
     ks = params["eval"]["ks"]
     show = progress and trainer.rank == 0
     best = history["best"]
@@ -258,11 +259,11 @@ def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain
         trainer.load_side(run_dir / "best_llm", "llm")
         fn_llm = make_score_fn(trainer.eval_model(), trainer.builder, bs, show)
         fn_drs = None
-    m_llm, p_llm = evaluate(fn_llm, ds, "test", mu, ks, return_predictions=True)
+    m_llm, p_llm = evaluate(fn_llm, ds, "test", mu, ks, return_predictions=True, topk_users=tu)
     if fn_drs is None:
         trainer.load_side(run_dir / "best_drs", "drs")
         fn_drs = make_cascade_score_fn(trainer.eval_model(), trainer.builder, trainer.enhanced, bs, show)
-    m_drs, p_drs = evaluate(fn_drs, ds, "test", mu, ks, return_predictions=True)
+    m_drs, p_drs = evaluate(fn_drs, ds, "test", mu, ks, return_predictions=True, topk_users=tu)
     info = {"method": joint_method(params), "variant": variant_name(params), "dataset": str(params["dataset"]),
             "preset": params.get("preset"), "domain_model": params["domain"]["model"],
             "domain_run": str(domain_dir), "best": history["best"], "steps": trainer.n_global,

@@ -147,7 +147,8 @@ def run_llm(params: Mapping, ds, variant: str, domain_embeddings=None, progress:
     t2 = time.perf_counter()
     bs = int(params["sft"]["eval_batch_size"])
     metrics, preds = evaluate(make_score_fn(model, builder, bs, progress), ds, "test",
-                              max_users=params["eval"]["max_users"], return_predictions=True)
+                              max_users=params["eval"]["max_users"], return_predictions=True,
+                              topk_users=params["eval"].get("topk_users"))
     t_eval = time.perf_counter() - t2
     metrics["llm"] = {
         "variant": variant, **v,
