@@ -97,8 +97,9 @@ def evaluate(score_fn: ScoreFn, ds, split: str = "test", max_users: int | None =
 
     `frame` has columns user, item, label (and position for top-K). Returns the metrics.json
     layout: {"topk": {...}, "binary": {...}, "split", "max_users", "topk_users"}; the binary
-    threshold is chosen on the validation binary set of the same users. With `return_predictions`, also a long frame of
-    (task, split, user, item, label, score) for per-user analysis (bootstrap CIs, paired tests).
+    threshold is chosen on the validation binary set of the same users. With `return_predictions`,
+    also a long frame of (task, split, user, item, label, score) for per-user analysis (bootstrap
+    CIs, paired tests).
     `topk_users` (None: max_users) ranks more users than the binary task scores: a top-K prompt
     costs an LLM one pass, a user's four binary prompts (valid + test) more, and HR@1 is the
     metric whose CIs decide a comparison. The seeded subsets are nested (the first n of one
