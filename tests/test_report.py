@@ -30,12 +30,12 @@ def outputs(tmp_path_factory):
     params = load_params("ml1m", "smoke", {"output_dir": str(out)})
     ds = load_dataset(params, verbose=False)
 
-    def store(run_id, method, sides, lam=None):
+    def store(run_id, method, sides, lam=None, topk_users=None):
         run = out / "ml1m" / "t" / run_id
         metrics, preds = {}, []
         for side, strength in sides.items():
             m, p = evaluate(scorer(strength, zlib.crc32((run_id + side).encode()) % 1000), ds, max_users=40,
-                            return_predictions=True)
+                            topk_users=topk_users, return_predictions=True)
             metrics[side] = m
             preds.append(p.assign(side=side))
         write_json(run / "run.json", {"method": method, "lambda_ml": lam, "seed": 42, "preset": "smoke"})
@@ -44,7 +44,7 @@ def outputs(tmp_path_factory):
         pd.concat(preds).to_parquet(run / "predictions.parquet")
 
     store("instructrec-s42", "instructrec", {"main": 0.3})
-    store("lightgcn-s42", "lightgcn", {"main": 1.0})
+    store("lightgcn-s42", "lightgcn", {"main": 1.0}, topk_users=60)   # ranks more users than the rest
     store("ncf-s42", "ncf", {"main": 0.5})
     store("wo_jl-s42", "wo_jl", {"llm": 1.2, "drs": 1.5})
     store("wo_pe-lam0.1-s42", "wo_pe", {"llm": 1.3, "drs": 1.6}, 0.1)
@@ -89,6 +89,8 @@ def test_report_files_tables_and_ci(outputs):
         assert imp == pytest.approx((best_ours - best_base) / best_base)
         t3 = pd.read_csv(rep / "table3.csv", index_col=0)
         assert t3.loc["Improv.", f"ml1m {m}"] == f"{100 * imp:+.1f}%"
+    # rows may rank different numbers of users: Table 3 says how many (ranked / binary)
+    assert t3.loc["LightGCN", "ml1m users"] == "60 / 40" and t3.loc["InstructRec", "ml1m users"] == "40 / 40"
     assert "Improv." in md.read_text() and "<table" in (rep / "report.html").read_text()
 
     sig = pd.read_csv(rep / "significance.csv")

@@ -222,6 +222,8 @@ def summarise(chosen: pd.DataFrame, n_boot: int, alpha: float) -> tuple[pd.DataF
             if p is not None and run["threshold"] is not None:
                 per.append(per_user(p, float(run["threshold"])))
         if per and len(per) == len(g):
+            # rows may rank different numbers of users (eval.topk_users per method): say how many
+            row["users"] = f"{len(per[0])} / {int(((per[0]['tp'] + per[0]['fn']) > 0).sum())}"
             lo, hi = _ci(bootstrap_stats(per, n_boot), alpha)
             for j, m in enumerate(CI_METRICS):
                 row[f"{m} lo"], row[f"{m} hi"] = float(lo[j]), float(hi[j])
@@ -233,8 +235,10 @@ def summarise(chosen: pd.DataFrame, n_boot: int, alpha: float) -> tuple[pd.DataF
 # ----------------------------------------------------------------------------- tables
 def _cell(row: pd.Series, m: str) -> str:
     v = row.get(m)
-    if v is None or pd.isna(v):
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
         return "–"
+    if isinstance(v, str):
+        return v
     lo, hi = row.get(f"{m} lo"), row.get(f"{m} hi")
     return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and not pd.isna(lo) else "")
 
@@ -423,7 +427,7 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
         columns=["dataset", "label", *METRICS]), {})
     t1 = table1(output_dir, chosen)
     flagged = sorted(l for l in set(summary["label"]) if "+" in l) if len(summary) else []
-    t3 = results_table(summary, BASELINES + BDLM_ROWS + flagged, METRICS) if len(summary) else pd.DataFrame()
+    t3 = results_table(summary, BASELINES + BDLM_ROWS + flagged, [*METRICS, "users"]) if len(summary) else pd.DataFrame()
     imp, which = improvement(summary, METRICS) if len(summary) else ({}, {})
     if len(t3):
         t3.loc["Improv."] = [f"{100 * imp[c]:+.1f}%" if c in imp and not pd.isna(imp[c]) else "–" for c in t3.columns]
@@ -446,7 +450,8 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     conf = f"{100 * (1 - alpha):.0f}%"
     sections = [
         ("Table 1 - dataset statistics (prepared data)", t1, False),
-        (f"Table 3 - main results (value [{conf} bootstrap CI over users]; Improv. = best BDLM over best baseline)", t3, True),
+        (f"Table 3 - main results (value [{conf} bootstrap CI over users]; users = ranked / binary; "
+         "Improv. = best BDLM over best baseline)", t3, True),
         ("Table 4 - BDLM with NCF as the domain model", t4, True),
         ("Significance - BDLM vs the best baseline on the same users (exact McNemar on per-user hits; "
          "paired bootstrap CI of the difference)", sig, False),
