@@ -9,7 +9,7 @@ import nbformat
 import pytest
 import yaml
 
-from bdlm_lib.experiments.batch import INJECTED, BatchError, expand_batch, run_batch
+from bdlm_lib.experiments.batch import INJECTED, METHODS, BatchError, expand_batch, run_batch
 from bdlm_lib.runs import read_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,6 +165,10 @@ def test_repo_batch_files_expand(name, tmp_path):
         assert {"instructrec+aux", "bdlm+aux"} <= aux
         assert all(r.params["sft"]["aux_tasks"] == "both" for r in batch.runs if r.flag == "aux")
     assert all(r.params["preset"] == spec["preset"] for r in batch.runs)
+    # a batch file's entry for a built-in method replaces its bundle: it must keep the bundle's keys
+    for m, bundle in (spec.get("methods") or {}).items():
+        if m in METHODS:
+            assert METHODS[m].items() <= bundle.items(), (name, m)
     if name.startswith("paper_"):
         lams = {r.lambda_ml for r in batch.runs if r.method == "bdlm"}
         assert lams == {0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0}

@@ -235,10 +235,10 @@ def summarise(chosen: pd.DataFrame, n_boot: int, alpha: float) -> tuple[pd.DataF
 # ----------------------------------------------------------------------------- tables
 def _cell(row: pd.Series, m: str) -> str:
     v = row.get(m)
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return "–"
-    if isinstance(v, str):
+    if isinstance(v, str):   # a text column (users)
         return v
+    if v is None or pd.isna(v):
+        return "–"
     lo, hi = row.get(f"{m} lo"), row.get(f"{m} hi")
     return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and not pd.isna(lo) else "")
 
