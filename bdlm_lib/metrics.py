@@ -109,9 +109,15 @@ def evaluate(score_fn: ScoreFn, ds, split: str = "test", max_users: int | None =
     topk = ds.topk(split, max_users=n_topk)
     t_scores = np.asarray(score_fn(topk), dtype=np.float64)
     vbin = ds.binary("valid", max_users=max_users)
-    v_scores = np.asarray(score_fn(vbin), dtype=np.float64)
-    tbin = ds.binary(split, max_users=max_users) if split != "valid" else vbin
-    b_scores = np.asarray(score_fn(tbin), dtype=np.float64) if split != "valid" else v_scores
+    if split != "valid":
+        # one frame for both splits: an LLM then shares each user's history prefix over all
+        # four of the user's binary prompts (llm.scoring.shared_prefix_hidden)
+        tbin = ds.binary(split, max_users=max_users)
+        both = np.asarray(score_fn(pd.concat([vbin, tbin], ignore_index=True)), dtype=np.float64)
+        v_scores, b_scores = both[:len(vbin)], both[len(vbin):]
+    else:
+        tbin = vbin
+        v_scores = b_scores = np.asarray(score_fn(vbin), dtype=np.float64)
     threshold = choose_threshold(vbin["label"].to_numpy(), v_scores)
     metrics = {
         "split": split,

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..llm.scoring import _batches, _fill, _pad_id, _progress, p_yes, restricted_logits, score_topk_prompts
+from ..llm.scoring import (_batches, _fill, _pad_id, _progress, p_yes, restricted_logits, score_topk_prompts,
+                           shared_prefix_groups)
 from ..llm.sft import collate, lm_forward
 
 
@@ -81,11 +82,27 @@ def cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size: int = 8, p
 
 @torch.no_grad()
 def cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size: int = 8,
-                           progress: bool = False, with_llm: bool = False):
+                           progress: bool = False, with_llm: bool = False, share_prefix: bool = True):
     """The enhanced model's binary scores; with `with_llm` also the LLM's P(Yes) from the same
-    pass (what `llm.scoring.score_binary` computes), as a pair (drs, llm)."""
+    pass (what `llm.scoring.score_binary` computes), as a pair (drs, llm). One user's prompts share
+    their history prefix (`llm.scoring.shared_prefix_hidden`) unless share_prefix=False."""
     out = np.zeros(len(prompts))
     yes = np.zeros(len(prompts))
+    if share_prefix:
+        was = llm.training
+        llm.eval()
+        try:
+            with enhanced.domain.inference():
+                enhanced.eval()
+                for idx, ans, tgt in shared_prefix_groups(llm, prompts, True, "cascade binary", progress):
+                    users = np.array([prompts[i].user for i in idx])
+                    items = np.array([prompts[i].target for i in idx])
+                    out[idx] = enhanced(users, items, tgt).double().cpu().numpy()
+                    if with_llm:
+                        yes[idx] = p_yes(llm, builder, ans)
+        finally:
+            llm.train(was)
+        return (out, yes) if with_llm else out
     for idx, lo, h in _cascade_batches(llm, builder, enhanced, prompts, batch_size, "cascade binary", progress):
         users = np.array([prompts[i].user for i in idx])
         items = np.array([prompts[i].target for i in idx])

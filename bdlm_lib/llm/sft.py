@@ -164,6 +164,11 @@ def setup_trainable(model, tokenizer, params: Mapping):
         if start is not None:  # the new token rows (tied: also their output rows)
             emb.requires_grad_(True)
             hooks.append(_row_mask_hook(emb, start))
+            if not sft.get("rows_from_context", True):
+                # the rows learn through the output layer (tied) and L_ML only: with the input
+                # side cut, the backward pass stops at the top layers (about half a step on CPU)
+                hooks.append(model.get_input_embeddings().register_forward_hook(
+                    lambda _m, _i, out: out.detach()))
     else:
         raise ValueError(f"sft.trainable must be full, top or lora, got {mode!r}")
     wd = float(sft["weight_decay"])
