@@ -5,7 +5,9 @@
 (b) text-only: title log-likelihood with the prompt's KV cache reused for the 20 titles vs 20 full
     forward passes (prompt + title, batched as one padded batch of 20); scores must agree to 1e-4.
 (c) the floor: a bare batched forward pass of the transformer body over the same ET prompts.
-Prints prompts/s and HR@1 for each.
+(d) binary (ET): each user's four binary prompts (valid + test) sharing their history prefix
+    (KV cache) vs padded batches; P(Yes) must agree to 1e-4.
+Prints prompts/s and HR@1 for each (for (d), the binary F1 at 0.5 instead).
 
     python benchmarks/bench_llm_scoring.py --n-prompts 8 [--preset smoke] [--backbone PATH]
 """
@@ -43,7 +45,7 @@ def main(argv=None):
     from bdlm_lib.data import load_dataset
     from bdlm_lib.llm import PromptBuilder, extend_tokens, load_backbone
     from bdlm_lib.llm.scoring import (answer_hidden, continuation_loglik, generate_answers,
-                                      parse_topk_answer, score_topk_prompts)
+                                      parse_topk_answer, score_binary_prompts, score_topk_prompts)
     from bdlm_lib.llm.sft import body, collate
     from bdlm_lib.params import load_params
 
@@ -106,6 +108,18 @@ def main(argv=None):
                  f"{100 * (t_one / t_floor - 1):+.1f}% vs floor"))
     rows.append(("(a) ET generate + parse", len(eprompts) / t_gen, gen_hr1,
                  f"{outside}/{len(eprompts)} answers outside the candidates"))
+    import pandas as pd
+    from sklearn.metrics import f1_score
+    bframe = pd.concat([ds.binary("valid", max_users=args.n_prompts),
+                        ds.binary("test", max_users=args.n_prompts)], ignore_index=True)
+    bprompts = eb.binary_prompts(bframe, with_answer=False)
+    y = bframe["label"].to_numpy()
+    sh, t_sh = timed(lambda: score_binary_prompts(model, eb, bprompts, share_prefix=True))
+    pb, t_pb = timed(lambda: score_binary_prompts(model, eb, bprompts, batch_size=bs, share_prefix=False))
+    rows.append(("(d) binary, shared history prefix", len(bprompts) / t_sh, f1_score(y, sh > 0.5),
+                 f"max |diff| {np.abs(sh - pb).max():.2e}, speed-up {t_pb / t_sh:.2f}x"))
+    rows.append(("(d) binary, padded batches", len(bprompts) / t_pb, f1_score(y, pb > 0.5),
+                 f"{len(bprompts)} prompts"))
     print(f"{'path':36s} {'prompts/s':>10s} {'HR@1':>6s}  note")
     for name, pps, h, note in rows:
         print(f"{name:36s} {pps:10.3f} {h:6.3f}  {note}")

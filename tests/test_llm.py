@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -250,6 +251,53 @@ def test_kv_cache_title_scoring_equals_full_passes(tiny_dir, ds, params):
     assert np.allclose(fast_m, slow / np.array([len(c) for c in conts]), atol=1e-4)
     sc = score_topk_prompts(model, b, [p])[0]
     assert np.allclose(sc, fast)
+
+
+@pytest.mark.parametrize("with_et", [True, False])
+def test_shared_prefix_binary_scoring_equals_padded_batches(tiny_dir, ds, params, with_et):
+    """A user's binary prompts (valid + test: one history, four items) share their prefix once:
+    the same P(Yes) and target h_L as full padded passes; groups of one prompt and of identical
+    prompts (the prefix is cut before the read positions) included."""
+    from bdlm_lib.llm.scoring import shared_prefix_hidden
+    model, tok, tm = tiny(tiny_dir, ds if with_et else None)
+    b = PromptBuilder(ds, tok, params, tm)
+    frame = pd.concat([ds.binary("valid", max_users=3), ds.binary("test", max_users=3)], ignore_index=True)
+    prompts = b.binary_prompts(frame, with_answer=False)
+    assert len({p.user for p in prompts}) == 3 and len(prompts) >= 9
+    extra = [b.binary(prompts[0].user, prompts[0].target), b.binary(prompts[1].user, prompts[1].target)]
+    prompts = prompts + [extra[0], extra[0], b.binary(int(ds.n_users) - 1, 0)]
+    shared = score_binary_prompts(model, b, prompts, share_prefix=True)
+    padded = score_binary_prompts(model, b, prompts, batch_size=4, share_prefix=False)
+    assert np.std(padded) > 0
+    np.testing.assert_allclose(shared, padded, atol=1e-5)
+    group = [p for p in prompts if p.user == prompts[0].user]
+    ans, tgt = shared_prefix_hidden(model, group, need_target=True)
+    with torch.no_grad():
+        for k, p in enumerate(group):
+            hid = model(input_ids=torch.tensor([p.input_ids]), output_hidden_states=True).hidden_states[-1][0]
+            assert torch.allclose(ans[k], hid[p.answer_position], atol=1e-4)
+            assert torch.allclose(tgt[k], hid[p.position_of(p.target, "target")], atol=1e-4)
+
+
+@pytest.mark.parametrize("from_context", [True, False])
+def test_rows_from_context_decides_how_deep_the_backward_runs(tiny_dir, ds, from_context):
+    """sft.rows_from_context=false: the new rows still learn (tied output rows), the backward pass
+    no longer runs through the frozen bottom layer to reach the input embeddings."""
+    p = load_params("ml1m", "smoke", {"data_dir": DATA, "sft.lr": 1e-2, "sft.max_steps": 2,
+                                      "sft.trainable": "top", "sft.top_layers": 1,
+                                      "sft.rows_from_context": from_context})
+    model, tok, tm = tiny(tiny_dir, ds)
+    _, samples = _toy(ds, tok, tm, p)
+    calls = []
+    h = model.model.layers[0].register_full_backward_hook(lambda *a: calls.append(1))
+    before = model.get_input_embeddings().weight.detach().clone()
+    sft_train(model, tok, samples, p, progress=False)
+    h.remove()
+    after = model.get_input_embeddings().weight
+    assert not torch.equal(after[tm.item_ids[:4]], before[tm.item_ids[:4]])
+    assert torch.equal(after[:tm.vocab_before], before[:tm.vocab_before])
+    assert (len(calls) > 0) == from_context
+    assert not model.get_input_embeddings()._forward_hooks   # removed after training
 
 
 # ----------------------------------------------------------------------------- SFT
