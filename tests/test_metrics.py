@@ -86,11 +86,19 @@ def test_evaluate_ranks_more_users_than_it_scores_binary(fixture_dirs, make_para
     seen = []
 
     def score(f):       # records which users each task was asked about
-        seen.append(("topk" if "position" in f else "binary", set(f["user"])))
+        seen.append(("topk" if "position" in f else "binary", set(f["user"]), f))
         return -f["item"].to_numpy(float)
     m, preds = evaluate(score, ds, max_users=10, topk_users=25, return_predictions=True)
-    (_, top), (_, vbin), (_, tbin) = seen
-    assert len(top) == 25 and len(vbin) == len(tbin) == 10
+    # two calls: the top-K frame, then valid + test binary in ONE frame (an LLM shares each user's
+    # history prefix over all four of the user's prompts)
+    (_, top, _), (_, tbin, bframe) = seen
+    assert len(top) == 25 and len(tbin) == 10
+    vb, tb = ds.binary("valid", max_users=10), ds.binary("test", max_users=10)
+    assert bframe[["user", "item", "label"]].reset_index(drop=True).equals(
+        pd.concat([vb, tb], ignore_index=True)[["user", "item", "label"]])
+    bp = preds.query("task == 'binary'").reset_index(drop=True)   # the test half, its own scores
+    assert bp[["user", "item"]].equals(tb[["user", "item"]].reset_index(drop=True))
+    assert np.array_equal(bp["score"], -tb["item"].to_numpy(float))
     assert tbin < top              # nested: the binary users are among the ranked ones
     assert m["topk"]["n_users"] == 25 and m["topk_users"] == 25 and m["max_users"] == 10
     assert m["binary"]["n"] == 10 * 2
