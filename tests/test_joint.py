@@ -188,6 +188,18 @@ def test_cascade_scores_all_20_candidates_from_item_tokens(params):
     with torch.no_grad(), tr.enhanced.domain.inference():
         ref = tr.enhanced([u], [int(cands[k])], hid[pos][None]).item()
     assert math.isclose(scores[frame.index[frame.user == u][k]], ref, rel_tol=1e-4, abs_tol=1e-4)
+    # binary (a user's prompts share their history prefix): head([f_D ; h_L at the asked item's
+    # token]) with h_L from a full pass of each prompt
+    bframe = ds.binary("test")
+    bs = make_cascade_score_fn(tr.llm, tr.builder, tr.enhanced, 8, progress=False)(bframe)
+    assert np.isfinite(bs).all() and np.std(bs) > 0
+    for n in range(4):
+        u, i = int(bframe["user"].iloc[n]), int(bframe["item"].iloc[n])
+        prompt = tr.builder.binary(u, i)
+        with torch.no_grad(), tr.enhanced.domain.inference():
+            hid = tr.llm(input_ids=torch.tensor([prompt.input_ids]), output_hidden_states=True).hidden_states[-1][0]
+            ref = tr.enhanced([u], [i], hid[prompt.position_of(i, "target")][None]).item()
+        assert math.isclose(bs[n], ref, rel_tol=1e-4, abs_tol=1e-4)
 
 
 def test_shared_pass_scores_both_sides_as_their_own_passes_do(params, tmp_path):

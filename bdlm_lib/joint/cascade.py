@@ -2,12 +2,15 @@
 
 top-K: one LLM forward pass over each user's top-K prompt (no answer), h_L read at each of the 20
 candidates' tokens (`<iid_j>`, or the last title token without ET), then the enhanced domain model
-scores the 20 (user, candidate, h_L) triples. binary: the item's token in the binary prompt.
+scores the 20 (user, candidate, h_L) triples. binary: the asked item's token in the binary prompt,
+one user's prompts sharing their history prefix (`llm.scoring.shared_prefix_hidden`).
 With ET the same forward pass also gives the LLM's own top-K scores (logits of the candidates'
 `<iid>` tokens at the answer position, exactly what `llm.scoring.score_topk` computes), which the
 trainer uses to validate both sides with one pass.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -20,15 +23,12 @@ from ..llm.sft import collate, lm_forward
 
 @torch.no_grad()
 def _candidate_hidden(llm, prompts, pad: int):
-    """(LMOutput, h_L [B, C, h] at each prompt's candidates, or at its target for binary)."""
+    """(LMOutput, h_L [B, C, h] at each top-K prompt's candidates)."""
     batch = collate(prompts, pad, with_answer=False)
     dev = llm.get_input_embeddings().weight.device
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         out = lm_forward(llm, batch, need_items=True)
-    cols = []
-    for p in prompts:
-        want = "candidate" if p.task == "topk" else "target"
-        cols.append([m for m, r in enumerate(p.item_roles) if r == want])
+    cols = [[m for m, r in enumerate(p.item_roles) if r == "candidate"] for p in prompts]
     C = max(len(c) for c in cols)
     if any(len(c) != C for c in cols):
         raise ValueError("cascade: prompts of one batch differ in their number of candidates")
@@ -37,21 +37,27 @@ def _candidate_hidden(llm, prompts, pad: int):
     return out, h.float()
 
 
-def _cascade_batches(llm, builder, enhanced, prompts, batch_size: int, desc: str, progress: bool):
-    """Yield (prompt indices, LLM output, h_L) per length-sorted batch, with the LLM and the
-    enhanced model in eval mode (the LLM's training flag is restored afterwards)."""
-    pad = _pad_id(builder.tok)
+@contextmanager
+def _eval_mode(llm, enhanced):
+    """The LLM and the enhanced model in eval mode (the LLM's training flag restored afterwards)."""
     was = llm.training
     llm.eval()
-    n_b = (len(prompts) + batch_size - 1) // batch_size
     try:
         with enhanced.domain.inference():
             enhanced.eval()
-            for idx in _progress(_batches(prompts, batch_size), n_b, desc, progress):
-                out, h = _candidate_hidden(llm, [prompts[i] for i in idx], pad)
-                yield idx, out, h
+            yield
     finally:
         llm.train(was)
+
+
+def _cascade_batches(llm, builder, enhanced, prompts, batch_size: int, desc: str, progress: bool):
+    """Yield (prompt indices, LLM output, h_L) per length-sorted batch, in `_eval_mode`."""
+    pad = _pad_id(builder.tok)
+    n_b = (len(prompts) + batch_size - 1) // batch_size
+    with _eval_mode(llm, enhanced):
+        for idx in _progress(_batches(prompts, batch_size), n_b, desc, progress):
+            out, h = _candidate_hidden(llm, [prompts[i] for i in idx], pad)
+            yield idx, out, h
 
 
 @torch.no_grad()
@@ -81,34 +87,20 @@ def cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size: int = 8, p
 
 
 @torch.no_grad()
-def cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size: int = 8,
-                           progress: bool = False, with_llm: bool = False, share_prefix: bool = True):
+def cascade_binary_prompts(llm, builder, enhanced, prompts, progress: bool = False, with_llm: bool = False):
     """The enhanced model's binary scores; with `with_llm` also the LLM's P(Yes) from the same
     pass (what `llm.scoring.score_binary` computes), as a pair (drs, llm). One user's prompts share
-    their history prefix (`llm.scoring.shared_prefix_hidden`) unless share_prefix=False."""
+    their history prefix (`llm.scoring.shared_prefix_hidden`)."""
     out = np.zeros(len(prompts))
     yes = np.zeros(len(prompts))
-    if share_prefix:
-        was = llm.training
-        llm.eval()
-        try:
-            with enhanced.domain.inference():
-                enhanced.eval()
-                for idx, ans, tgt in shared_prefix_groups(llm, prompts, True, "cascade binary", progress):
-                    users = np.array([prompts[i].user for i in idx])
-                    items = np.array([prompts[i].target for i in idx])
-                    out[idx] = enhanced(users, items, tgt).double().cpu().numpy()
-                    if with_llm:
-                        yes[idx] = p_yes(llm, builder, ans)
-        finally:
-            llm.train(was)
-        return (out, yes) if with_llm else out
-    for idx, lo, h in _cascade_batches(llm, builder, enhanced, prompts, batch_size, "cascade binary", progress):
-        users = np.array([prompts[i].user for i in idx])
-        items = np.array([prompts[i].target for i in idx])
-        out[idx] = enhanced(users, items, h[:, 0]).double().cpu().numpy()
-        if with_llm:
-            yes[idx] = p_yes(llm, builder, lo.answer_hidden.float())
+    with _eval_mode(llm, enhanced):
+        # h_L at the answer position and at the asked item's token
+        for idx, ans, tgt in shared_prefix_groups(llm, prompts, True, "cascade binary", progress):
+            users = np.array([prompts[i].user for i in idx])
+            items = np.array([prompts[i].target for i in idx])
+            out[idx] = enhanced(users, items, tgt).double().cpu().numpy()
+            if with_llm:
+                yes[idx] = p_yes(llm, builder, ans)
     return (out, yes) if with_llm else out
 
 
@@ -120,7 +112,7 @@ def make_cascade_score_fn(llm, builder, enhanced, batch_size: int = 8, progress:
             drs, _ = cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size, progress)
             return _fill(frame, prompts, drs)
         prompts = builder.binary_prompts(frame, with_answer=False)
-        return cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size, progress)
+        return cascade_binary_prompts(llm, builder, enhanced, prompts, progress)
     return score_fn
 
 
@@ -144,7 +136,7 @@ def make_shared_score_fns(llm, builder, enhanced, batch_size: int = 8, progress:
                 memo[key] = [_fill(frame, prompts, lls), _fill(frame, prompts, drs)]
             else:
                 prompts = builder.binary_prompts(frame, with_answer=False)
-                drs, lls = cascade_binary_prompts(llm, builder, enhanced, prompts, batch_size, progress,
+                drs, lls = cascade_binary_prompts(llm, builder, enhanced, prompts, progress,
                                                   with_llm=True)
                 memo[key] = [lls, drs]
         return memo[key]

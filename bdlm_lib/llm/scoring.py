@@ -184,10 +184,9 @@ def shared_prefix_hidden(model, prompts: Sequence[Prompt], need_target: bool = F
     for ~1/3 of the tokens. Returns (answer_h [n, h], target_h [n, h] or None)."""
     dev = _device(model)
     ids = [list(p.input_ids) for p in prompts]
-    reads = [p.answer_position for p in prompts]
-    if need_target:
-        reads = [min(r, p.position_of(p.target, "target")) for r, p in zip(reads, prompts)]
-    P = min(reads)  # the prefix ends before the first position that is read
+    answer = [p.answer_position for p in prompts]
+    target = [p.position_of(p.target, "target") for p in prompts] if need_target else []
+    P = min(answer + target)  # the prefix ends before the first position that is read
     for s in ids[1:]:
         n = min(P, len(s))
         diff = np.flatnonzero(np.asarray(ids[0][:n]) != np.asarray(s[:n]))
@@ -209,11 +208,8 @@ def shared_prefix_hidden(model, prompts: Sequence[Prompt], need_target: bool = F
         hid = body(model)(input_ids=suf.to(dev), attention_mask=mask, position_ids=pos,
                           past_key_values=cache, use_cache=P > 0).last_hidden_state
     rows = torch.arange(C, device=dev)
-    ans = hid[rows, torch.tensor([p.answer_position - P for p in prompts], device=dev)].float()
-    tgt = None
-    if need_target:
-        tpos = torch.tensor([p.position_of(p.target, "target") - P for p in prompts], device=dev)
-        tgt = hid[rows, tpos].float()
+    ans = hid[rows, torch.tensor(answer, device=dev) - P].float()
+    tgt = hid[rows, torch.tensor(target, device=dev) - P].float() if need_target else None
     return ans, tgt
 
 
