@@ -92,6 +92,31 @@ def test_bad_key_fails_before_anything_runs(tmp_path):
         run_batch(b, output_dir=tmp_path / "out")
 
 
+def test_method_bundles_extend_or_replace(tmp_path):
+    write_notebook(tmp_path / "tiny.ipynb")
+    b = write_batch(tmp_path, methods={"instructrec": {"extends": "instructrec", "eval.topk_users": 30},
+                                       "ir_ema": {"extends": "instructrec", "sft": {"lr": 3e-4}},
+                                       "lightgcn": {"domain.epochs": 2}},
+                    grid={"datasets": ["ml1m"], "methods": ["instructrec", "ir_ema", "lightgcn"], "seeds": [1]})
+    runs = {r.run_id: r for r in expand_batch(b, output_dir=tmp_path / "out").runs}
+    ir = runs["instructrec-s1"].overrides
+    # extends: the built-in bundle plus the entry's keys
+    assert METHODS["instructrec"].items() <= ir.items() and ir["eval.topk_users"] == 30
+    assert runs["instructrec-s1"].params["llm"]["extend_tokens"] is False
+    # a new name extends the bundle as defined so far (here the redefined instructrec), nested keys flattened
+    ema = runs["ir_ema-s1"].overrides
+    assert ema == {**ir, "sft.lr": 3e-4}
+    # without extends an entry replaces the built-in bundle
+    assert runs["lightgcn-s1"].overrides == {"domain.epochs": 2}
+    b = write_batch(tmp_path, methods={"x": {"extends": "instructrecc"}},
+                    grid={"datasets": ["ml1m"], "methods": ["x"], "seeds": [1]})
+    with pytest.raises(BatchError, match=r"methods\.x\.extends: unknown method 'instructrecc'"):
+        expand_batch(b, output_dir=tmp_path / "out")
+    b = write_batch(tmp_path, methods={"x": "instructrec"})
+    with pytest.raises(BatchError, match=r"methods\.x: expected a mapping"):
+        expand_batch(b, output_dir=tmp_path / "out")
+
+
 def test_missing_notebook_or_parameters_fail_at_validation(tmp_path):
     b = write_batch(tmp_path, notebooks=[{"notebook": "04_joint_training.ipynb"}])
     with pytest.raises(BatchError, match="04_joint_training.ipynb does not exist"):
@@ -165,10 +190,10 @@ def test_repo_batch_files_expand(name, tmp_path):
         assert {"instructrec+aux", "bdlm+aux"} <= aux
         assert all(r.params["sft"]["aux_tasks"] == "both" for r in batch.runs if r.flag == "aux")
     assert all(r.params["preset"] == spec["preset"] for r in batch.runs)
-    # a batch file's entry for a built-in method replaces its bundle: it must keep the bundle's keys
-    for m, bundle in (spec.get("methods") or {}).items():
-        if m in METHODS:
-            assert METHODS[m].items() <= bundle.items(), (name, m)
+    # a batch file's entry for a built-in method must keep the bundle's keys (extends: or repeated)
+    for r in batch.runs:
+        if r.scope == "run" and r.method in METHODS:
+            assert METHODS[r.method].items() <= r.overrides.items(), (name, r.run_id)
     if name.startswith("paper_"):
         lams = {r.lambda_ml for r in batch.runs if r.method == "bdlm"}
         assert lams == {0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0}

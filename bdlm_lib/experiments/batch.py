@@ -11,7 +11,8 @@ Batch YAML (params/batches/*.yaml):
     execution_timeout: null     # seconds per cell (null: none)
     overrides: {sft.max_steps: 30}     # applied to every run (dotted or nested keys)
     methods:                    # extra / redefined method bundles (built-ins: METHODS below)
-      bdlm_ema: {joint.joint: true, joint.ml_update: ema}
+      bdlm_ema: {joint.joint: true, joint.ml_update: ema}       # a new bundle: exactly these keys
+      instructrec: {extends: instructrec, eval.topk_users: 400} # extends: a built-in (or earlier) bundle + these keys
     flags:                      # named ablation-flag bundles crossed with every method
       mim: {sft.aux_tasks: mim}
     grid:                       # a mapping or a list of mappings (blocks, unioned in order)
@@ -209,7 +210,15 @@ def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
     out = Path(output_dir or spec.get("output_dir") or load_params(preset=preset)["output_dir"]).resolve()
     methods = dict(METHODS)
     for m, bundle in (spec.get("methods") or {}).items():
-        methods[str(m)] = _flatten(bundle or {})
+        if bundle is not None and not isinstance(bundle, Mapping):
+            raise BatchError(f"{path}: methods.{m}: expected a mapping of param overrides, got {bundle!r}")
+        bundle = dict(bundle or {})
+        ext = bundle.pop("extends", None)
+        if ext is not None and str(ext) not in methods:
+            raise BatchError(f"{path}: methods.{m}.extends: unknown method '{ext}' "
+                             f"(known: {', '.join(sorted(methods))})")
+        # without extends: the entry is the whole bundle (redefining a built-in replaces it)
+        methods[str(m)] = {**(methods[str(ext)] if ext is not None else {}), **_flatten(bundle)}
     flags = {"none": {}, **{str(k): _flatten(v or {}) for k, v in (spec.get("flags") or {}).items()}}
     base_over = _flatten(spec.get("overrides") or {})
     steps = _steps(spec, path, nb_dir)
