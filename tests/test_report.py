@@ -113,6 +113,9 @@ def test_per_user_matches_metrics_and_paired_test(outputs):
     same = paired_test(u, u, n_boot=100)
     assert same["HR@1"]["p_mcnemar"] == 1.0 and same["HR@1"]["delta"] == 0.0
     assert same["F1"]["ci"] == [0.0, 0.0]
+    # this run ranks 60 users and scores 40 of them on the binary task: F1 is compared over those 40
+    assert (u["n_binary"] > 0).sum() == 40 and len(u) == 60
+    assert same["n_users"] == 60 and same["F1"]["n_users"] == 40
 
 
 def test_report_drops_figures_it_no_longer_has_runs_for(outputs, tmp_path):

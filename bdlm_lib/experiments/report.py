@@ -116,7 +116,8 @@ def load_predictions(run_dir: str | Path, side: str = "main") -> pd.DataFrame | 
 
 # ----------------------------------------------------------------------------- per-user statistics
 def per_user(preds: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Per-user columns hit1, hit2 (top-K) and tp, fp, fn (binary at `threshold`), index user.
+    """Per-user columns hit1, hit2 (top-K), tp, fp, fn (binary at `threshold`) and n_binary (the
+    user's binary rows: 0 for users ranked but not on the binary task), index user.
     Ties are broken by the stored row order (the candidates' seeded positions), as in metrics."""
     tk = preds[preds["task"] == "topk"].reset_index(drop=True)
     tk = tk.assign(order=np.arange(len(tk))).sort_values(["user", "score", "order"],
@@ -128,7 +129,7 @@ def per_user(preds: pd.DataFrame, threshold: float) -> pd.DataFrame:
     pred = bn["score"].to_numpy() >= threshold
     lab = bn["label"].to_numpy() == 1
     counts = pd.DataFrame({"user": bn["user"].to_numpy(), "tp": pred & lab, "fp": pred & ~lab,
-                           "fn": ~pred & lab}).groupby("user").sum().astype(float)
+                           "fn": ~pred & lab, "n_binary": np.ones(len(bn))}).groupby("user").sum().astype(float)
     return out.join(counts, how="left").fillna(0.0)
 
 
@@ -162,7 +163,10 @@ def paired_test(a: pd.DataFrame, b: pd.DataFrame, n_boot: int = 1000, alpha: flo
     from scipy.stats import binomtest
     users = a.index.intersection(b.index)
     a, b = a.loc[users], b.loc[users]
-    out: dict = {"n_users": int(len(users))}
+    out: dict = {"n_users": int(len(users)),
+                 # F1 is over the users both scored on the binary task (a nested subset when
+                 # eval.topk_users > max_users); the others add zeros to its counts
+                 "F1": {"n_users": int(((a["n_binary"] > 0) & (b["n_binary"] > 0)).sum())}}
     for k, col in ((1, "hit1"), (2, "hit2")):
         win = int(((a[col] == 1) & (b[col] == 0)).sum())
         loss = int(((a[col] == 0) & (b[col] == 1)).sum())
@@ -302,7 +306,8 @@ def significance(summary: pd.DataFrame, tables: dict, which: dict, n_boot: int, 
             continue
         t = paired_test(a, b, n_boot, alpha)
         for m in CI_METRICS:
-            rows.append({"dataset": ds, "BDLM": ours, "best baseline": base, "metric": m, "n_users": t["n_users"],
+            rows.append({"dataset": ds, "BDLM": ours, "best baseline": base, "metric": m,
+                         "n_users": t[m].get("n_users", t["n_users"]),
                          "delta": t[m]["delta"], "delta lo": t[m]["ci"][0], "delta hi": t[m]["ci"][1],
                          "wins": t.get(m, {}).get("wins"), "losses": t.get(m, {}).get("losses"),
                          "p (McNemar exact)": t.get(m, {}).get("p_mcnemar")})
