@@ -227,7 +227,7 @@ def summarise(chosen: pd.DataFrame, n_boot: int, alpha: float) -> tuple[pd.DataF
                 per.append(per_user(p, float(run["threshold"])))
         if per and len(per) == len(g):
             # rows may rank different numbers of users (eval.topk_users per method): say how many
-            row["users"] = f"{len(per[0])} / {int(((per[0]['tp'] + per[0]['fn']) > 0).sum())}"
+            row["users"] = f"{len(per[0])} / {int((per[0]['n_binary'] > 0).sum())}"
             lo, hi = _ci(bootstrap_stats(per, n_boot), alpha)
             for j, m in enumerate(CI_METRICS):
                 row[f"{m} lo"], row[f"{m} hi"] = float(lo[j]), float(hi[j])
