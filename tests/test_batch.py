@@ -200,3 +200,26 @@ def test_repo_batch_files_expand(name, tmp_path):
         assert {"wo_jl", "wo_pe", "wo_et", "bdlm_ncf", "ncf", "gpt4sm", "instructrec", "llmrec"} <= methods
     assert set(INJECTED) == {"dataset", "preset", "data_dir", "output_dir", "seed", "run_dir",
                              "method", "overrides"}
+
+
+@pytest.mark.parametrize("dataset", ["ml1m", "amazon-health", "amazon-beauty"])
+def test_cpu_batches_of_a_dataset_rank_the_same_users(dataset, tmp_path):
+    """cpu_, cpu_more_ and cpu_aux_ fill one Table 3: every row must come from the same users (the
+    report pairs BDLM with the best baseline on them), the title-likelihood methods on a prefix."""
+    users: dict[str, set] = {"ids": set(), "titles": set()}
+    for prefix in ("cpu_", "cpu_more_", "cpu_aux_"):
+        path = REPO / "params" / "batches" / f"{prefix}{dataset}.yaml"
+        spec = yaml.safe_load(path.read_text())
+        for step in spec["notebooks"]:
+            write_notebook(tmp_path / prefix / Path(step["notebook"]).name)
+        batch = expand_batch(path, output_dir=tmp_path / "out", notebooks_dir=tmp_path / prefix)
+        for r in batch.runs:
+            if r.scope != "run":
+                continue
+            ev = r.params["eval"]
+            kind = "titles" if r.method in ("instructrec", "llmrec") else "ids"
+            users[kind].add((ev["max_users"], ev.get("topk_users")))
+    assert len(users["ids"]) == 1 and len(users["titles"]) == 1, users
+    (binary, ranked), = users["ids"]
+    (binary_t, ranked_t), = users["titles"]
+    assert binary == binary_t and binary <= ranked_t <= ranked
