@@ -129,9 +129,16 @@ def _grads_after_step(p, perturb: bool):
     return llm, dom
 
 
-@pytest.mark.parametrize("lam", [0.0, 1.0])
-def test_lambda_zero_module_has_no_effect_on_gradients(params, lam):
-    p = params(joint__lambda_ml=lam)
+# CUT: the cpu preset's LLM side (top layers + new rows, input side cut: sft.rows_from_context
+# false) - there only L_ML^L's read of the rows connects M to the LLM, so the check below is that
+# λ·L_ML^L still reaches the rows
+CUT = {"sft__trainable": "top", "sft__top_layers": 1, "sft__rows_from_context": False}
+
+
+@pytest.mark.parametrize("lam,over", [(0.0, {}), (1.0, {}), (0.0, CUT), (1.0, CUT)],
+                         ids=["lam0", "lam1", "lam0-cut", "lam1-cut"])
+def test_lambda_zero_module_has_no_effect_on_gradients(params, lam, over):
+    p = params(joint__lambda_ml=lam, **over)
     a_llm, a_dom = _grads_after_step(p, perturb=False)
     b_llm, b_dom = _grads_after_step(p, perturb=True)
     assert a_llm.keys() == b_llm.keys() and len(a_llm) > 0
