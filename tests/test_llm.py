@@ -297,7 +297,8 @@ def test_rows_from_context_decides_how_deep_the_backward_runs(tiny_dir, ds, from
     assert not torch.equal(after[tm.item_ids[:4]], before[tm.item_ids[:4]])
     assert torch.equal(after[:tm.vocab_before], before[:tm.vocab_before])
     assert (len(calls) > 0) == from_context
-    assert not model.get_input_embeddings()._forward_hooks   # removed after training
+    # removed after training
+    assert not model.get_input_embeddings()._forward_hooks and not model.model.layers[0]._forward_pre_hooks
 
 
 # ----------------------------------------------------------------------------- SFT

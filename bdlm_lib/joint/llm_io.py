@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..llm.sft import collate, lm_forward, rows_with_grad
+from ..llm.sft import collate, lm_forward
 
 
 def forward_prompts(model, prompts, pad_id: int, with_answer: bool = True):
@@ -59,8 +59,7 @@ def id_rows(model, token_map, users, items):
     weight is partitioned and only a module call gathers it."""
     emb = model.get_input_embeddings()
     u, i = _ids(token_map, users, items, emb.weight.device)
-    with rows_with_grad(emb):   # sft.rows_from_context: false cuts only the prompt's input side
-        return emb(u).float(), emb(i).float()
+    return emb(u).float(), emb(i).float()
 
 
 @contextmanager

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -133,38 +132,14 @@ def _row_mask_hook(weight: torch.nn.Parameter, start: int):
     return weight.register_hook(lambda g: g * mask)
 
 
-class _CutInputSide:
-    """Forward hook of the input embedding: its output leaves the autograd graph, so the backward
-    pass of the LM loss stops at the trainable top layers. Switched off while L_ML reads the rows
-    themselves (`rows_with_grad`): those reads must keep their gradient, or λ·L_ML^L would reach
-    no parameter at all."""
-
-    def __init__(self):
-        self.active = True
-
-    def __call__(self, _module, _inputs, out):
-        return out.detach() if self.active else out
-
-
-def cut_input_side(emb: torch.nn.Module):
-    """Install the cut on `emb`; return the hook handle (remove it to restore the full backward)."""
-    cut = _CutInputSide()
-    emb._bdlm_cut_input_side = cut
-    return emb.register_forward_hook(cut)
-
-
-@contextmanager
-def rows_with_grad(emb: torch.nn.Module):
-    """Calls of `emb` inside this block keep their gradient even when the input side is cut."""
-    cut = getattr(emb, "_bdlm_cut_input_side", None)
-    if cut is None:
-        yield
-        return
-    cut.active = False
-    try:
-        yield
-    finally:
-        cut.active = True
+def _cut_prompt_input(_layer, args, kwargs):
+    """Forward pre-hook of the first decoder layer: the prompt's embeddings enter the layer stack
+    detached, so the LM loss's backward stops at the trainable layers. Cut here and not on the
+    embedding module, whose other callers (L_ML reading the id rows, `joint.llm_io.id_rows`) need
+    their gradient."""
+    if args:
+        return (args[0].detach(), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
 
 
 def setup_trainable(model, tokenizer, params: Mapping):
@@ -202,7 +177,8 @@ def setup_trainable(model, tokenizer, params: Mapping):
             if not sft.get("rows_from_context", True):
                 # the rows learn through the output layer (tied) and L_ML only: with the input
                 # side cut, the backward pass stops at the top layers (about half a step on CPU)
-                hooks.append(cut_input_side(model.get_input_embeddings()))
+                hooks.append(body(model).layers[0].register_forward_pre_hook(
+                    _cut_prompt_input, with_kwargs=True))
     else:
         raise ValueError(f"sft.trainable must be full, top or lora, got {mode!r}")
     wd = float(sft["weight_decay"])
