@@ -170,14 +170,21 @@ def test_failed_run_is_recorded_and_others_complete(tmp_path):
                                                                  "ncf-s3": "done"}
 
 
+def expand_repo_batch(name: str, tmp_path: Path):
+    """(spec, Batch) of a shipped batch file, expanded over stub notebooks (the real ones may not
+    exist yet)."""
+    path = REPO / "params" / "batches" / name
+    spec = yaml.safe_load(path.read_text())
+    nb_dir = tmp_path / Path(name).stem
+    for step in spec["notebooks"]:
+        write_notebook(nb_dir / Path(step["notebook"]).name)
+    return spec, expand_batch(path, output_dir=tmp_path / "out", notebooks_dir=nb_dir)
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "params" / "batches").glob("*.yaml")))
 def test_repo_batch_files_expand(name, tmp_path):
-    """The shipped batch files validate (over stub notebooks: the real ones may not exist yet)."""
-    spec = yaml.safe_load((REPO / "params" / "batches" / name).read_text())
-    for step in spec["notebooks"]:
-        write_notebook(tmp_path / "nb" / Path(step["notebook"]).name)
-    batch = expand_batch(REPO / "params" / "batches" / name, output_dir=tmp_path / "out",
-                         notebooks_dir=tmp_path / "nb")
+    """The shipped batch files validate."""
+    spec, batch = expand_repo_batch(name, tmp_path)
     methods = {r.method for r in batch.runs}
     # the main batches compare BDLM with LightGCN and InstructRec (paper: also every ablation); the
     # cpu_more / aux batches add the other rows at the same preset
@@ -208,11 +215,7 @@ def test_cpu_batches_of_a_dataset_rank_the_same_users(dataset, tmp_path):
     report pairs BDLM with the best baseline on them), the title-likelihood methods on a prefix."""
     users: dict[str, set] = {"ids": set(), "titles": set()}
     for prefix in ("cpu_", "cpu_more_", "cpu_aux_"):
-        path = REPO / "params" / "batches" / f"{prefix}{dataset}.yaml"
-        spec = yaml.safe_load(path.read_text())
-        for step in spec["notebooks"]:
-            write_notebook(tmp_path / prefix / Path(step["notebook"]).name)
-        batch = expand_batch(path, output_dir=tmp_path / "out", notebooks_dir=tmp_path / prefix)
+        _, batch = expand_repo_batch(f"{prefix}{dataset}.yaml", tmp_path)
         for r in batch.runs:
             if r.scope != "run":
                 continue
