@@ -19,12 +19,14 @@ LLM_METHODS = {"llmrec": "llmrec", "instructrec": "instructrec", "et_pe": "et_pe
 JOINT_METHODS = ("bdlm", "wo_jl", "wo_pe", "wo_et", "bdlm_ncf")
 BASELINES = ("lightgcn", "ncf", "gmf", "sasrec", "gru4rec", "bert4rec", "llmrec", "instructrec", "gpt4sm")
 ABLATIONS = ("bdlm", "wo_jl", "wo_pe", "wo_et")
+# BDLM's domain step without the LLM: is BDLM-drs's gain the LLM's, or the prompt candidates'?
+CONTROL_METHODS = ("ncf_ft", "lightgcn_ft")
 
 # Paper names for tables (Table 3 / Figure 5).
 DISPLAY = {"lightgcn": "LightGCN", "ncf": "NCF", "gmf": "GMF", "sasrec": "SASRec", "gru4rec": "GRU4Rec",
            "bert4rec": "BERT4Rec", "llmrec": "LLM-Rec", "instructrec": "InstructRec", "gpt4sm": "GPT4SM",
            "et_pe": "ET+PE SFT", "bdlm": "BDLM", "wo_jl": "w/o JL", "wo_pe": "w/o PE", "wo_et": "w/o ET",
-           "bdlm_ncf": "BDLM-NCF"}
+           "bdlm_ncf": "BDLM-NCF", "ncf_ft": "NCF-FT", "lightgcn_ft": "LightGCN-FT"}
 
 
 def method_params(method: str, dataset: str, preset: str, overrides: Mapping | None = None,
@@ -56,12 +58,18 @@ def run_method(method: str, params: Mapping, ds=None, run_dir: str | Path | None
     elif method == "gpt4sm":
         from .joint.gpt4sm import run_gpt4sm
         metrics, out = run_gpt4sm(params, ds, progress=progress, run_dir=run_dir)
+    elif method in CONTROL_METHODS:
+        from .joint.control import run_candidate_finetune
+        if run_dir is None:
+            from .runs import new_run_dir
+            run_dir = new_run_dir(Path(params["output_dir"]) / Path(str(params["dataset"])).name / "control", method)
+        metrics, out = run_candidate_finetune(params, ds, run_dir, progress=progress)
     elif method in JOINT_METHODS:
         from .joint.run import run_bdlm
         m_llm, m_drs, out = run_bdlm(params, ds, progress=progress, run_dir=run_dir)
         metrics = {**m_drs, "llm": m_llm, "drs": m_drs}
     else:
-        raise ValueError(f"method '{method}': no runner (known: {', '.join(BASELINES + JOINT_METHODS)})")
+        raise ValueError(f"method '{method}': no runner (known: {', '.join(BASELINES + JOINT_METHODS + CONTROL_METHODS)})")
     metrics = dict(metrics)
     metrics["run_dir"] = str(out)
     metrics.setdefault("seconds_total", round(time.perf_counter() - t0, 1))

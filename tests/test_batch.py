@@ -191,10 +191,12 @@ def test_repo_batch_files_expand(name, tmp_path):
     if name.startswith("cpu_more_"):
         assert {"lightgcn", "wo_jl", "gpt4sm"} <= methods
     elif name.startswith("cpu_ncf_"):  # Table 4 beside the cpu batches
-        assert {r.method for r in batch.runs if r.scope == "run"} == {"ncf", "bdlm_ncf"}
+        assert {r.method for r in batch.runs if r.scope == "run"} == {"ncf", "ncf_ft", "bdlm_ncf"}
         assert all(r.params["domain"]["model"] == "ncf" for r in batch.runs if r.scope == "run")
     else:
         assert {"bdlm", "lightgcn", "instructrec"} <= methods
+    if name.startswith("cpu_") and name.count("_") == 1:   # the main cpu batches carry the control
+        assert "lightgcn_ft" in methods
     if "aux" in name:
         aux = {r.run_id.split("-")[0] for r in batch.runs if r.flag == "aux"}
         assert {"instructrec+aux", "bdlm+aux"} <= aux

@@ -363,3 +363,50 @@ def test_claim_run_dir_resumes_same_params_only(params, tmp_path):
     assert r2 == tmp_path / "v-2"
     (r1 / "metrics.json").write_text("{}")
     assert claim_run_dir(tmp_path, "v", a) == tmp_path / "v-3"   # a finished run is never reused
+
+
+# ---------------------------------------------------------------------------- control (ncf_ft)
+
+def test_control_replays_the_joint_domain_step_without_the_llm(params):
+    """ncf_ft / lightgcn_ft train on exactly the (user, item, label) examples BDLM's domain step
+    takes at each step, from the same samples, and write a run the report labels."""
+    from bdlm_lib.experiments.report import collect_runs
+    from bdlm_lib.joint.control import candidate_examples, candidate_finetune, joint_samples
+    from bdlm_lib.joint.trainer import domain_examples, step_seed
+    from bdlm_lib.pipeline import run_method
+    p = params(domain__model="ncf", joint__max_steps=3, joint__batch_size=4)
+    tr, ds = make_trainer(p)
+    key = lambda s: (s.task, s.user, s.target, s.label, tuple(s.candidates) if s.candidates is not None else ())
+    ctrl = joint_samples(p, ds)
+    assert [key(s) for s in ctrl] == [key(s) for s in tr.samples]
+    for g in range(3):
+        prompts = [tr.samples[n] for n in tr.schedule[g]]
+        out = tr._llm_forward(prompts, False)[0]
+        u, i, _, y = domain_examples(prompts, out, tr.n_neg, np.random.default_rng(step_seed(42, g)))
+        cu, ci, cy = candidate_examples(prompts, tr.n_neg, np.random.default_rng(step_seed(42, g)))
+        assert len(y) > len(prompts) and np.array_equal(u, cu) and np.array_equal(i, ci) and np.array_equal(y, cy)
+
+    # domain_lr = 0: the control scores exactly as the pre-trained model; > 0: it moves
+    from bdlm_lib.domain import build_domain_model
+    torch.manual_seed(0)
+    dom = build_domain_model("ncf", ds.n_users, ds.n_items, p, ds=ds).eval()
+    uu, ii = torch.arange(10), torch.arange(10) + 2
+    before = dom(uu, ii).detach().clone()
+    still, _ = candidate_finetune(dom, ds, params(domain__model="ncf", joint__domain_lr=0.0), samples=ctrl,
+                                  progress=False)
+    assert torch.allclose(still.eval()(uu, ii, torch.zeros(10, 0)), before, atol=1e-6)
+    moved, losses = candidate_finetune(dom, ds, params(domain__model="ncf", joint__domain_lr=1e-2), samples=ctrl,
+                                       progress=False)
+    assert len(losses) == min(p.joint.max_steps, len(tr.schedule)) and not torch.allclose(
+        moved.eval()(uu, ii, torch.zeros(10, 0)), before, atol=1e-4)
+
+    q = params(domain__model="ncf", joint__max_steps=3, eval__max_users=12)
+    m = run_method("ncf_ft", q)
+    run = Path(m["run_dir"])
+    assert run.parent.name == "control" and m["steps"] == 3 and m["topk"]["n_users"] == 12
+    assert (run / "predictions.parquet").exists() and (run / "metrics.json").exists()
+    runs = collect_runs(run.parent.parent.parent)
+    assert "NCF-FT" not in set(runs["label"])   # a standalone run has no run.json naming its method
+    from bdlm_lib.pipeline import run_recorded
+    r = run_recorded("ncf_ft", q, None, Path(q.output_dir) / "ml" / "b")
+    assert "NCF-FT" in set(collect_runs(Path(q.output_dir))["label"]) and r["topk"] == m["topk"]

@@ -66,6 +66,9 @@ METHODS: dict[str, dict] = {
     "llmrec": {"joint.joint": False, "llm.extend_tokens": False, "llm.preload": False, "sft.max_steps": 0},
     "instructrec": {"joint.joint": False, "llm.extend_tokens": False, "llm.preload": False},
     "gpt4sm": {"joint.joint": False, "llm.extend_tokens": False, "llm.preload": False, "domain.model": "lightgcn"},
+    # controls for BDLM-drs: the joint run's domain step without the LLM (bdlm_lib/joint/control.py)
+    "ncf_ft": {"domain.model": "ncf"},
+    "lightgcn_ft": {"domain.model": "lightgcn"},
     # domain baselines (GMF = the schema's mf)
     "lightgcn": {"domain.model": "lightgcn"},
     "ncf": {"domain.model": "ncf"},

@@ -31,13 +31,16 @@ LABELS = {
     "sasrec": {"main": "SASRec"}, "gru4rec": {"main": "GRU4Rec"}, "bert4rec": {"main": "BERT4Rec"},
     "bdlm": {"llm": "BDLM-llm", "drs": "BDLM-drs", "main": "BDLM-drs"},
     "bdlm_ncf": {"llm": "BDLM-NCF-llm", "drs": "BDLM-NCF-drs", "main": "BDLM-NCF-drs"},
+    "ncf_ft": {"main": "NCF-FT"}, "lightgcn_ft": {"main": "LightGCN-FT"},
     "wo_jl": {"llm": "w/o JL-llm", "drs": "w/o JL-drs", "main": "w/o JL"},
     "wo_pe": {"llm": "w/o PE-llm", "drs": "w/o PE-drs", "main": "w/o PE"},
     "wo_et": {"llm": "w/o ET-llm", "drs": "w/o ET-drs", "main": "w/o ET"},
 }
 BASELINES = ["LLM-Rec", "InstructRec", "GPT4SM", "NCF", "GMF", "LightGCN", "SASRec", "GRU4Rec", "BERT4Rec"]
 BDLM_ROWS = ["BDLM-llm", "BDLM-drs"]
-NCF_ROWS = ["NCF", "BDLM-NCF-llm", "BDLM-NCF-drs"]
+NCF_ROWS = ["NCF", "NCF-FT", "BDLM-NCF-llm", "BDLM-NCF-drs"]
+# controls (bdlm_lib/joint/control.py): listed after the baselines, not counted as one in Improv.
+CONTROLS = ["LightGCN-FT"]
 ABLATIONS = ["w/o ET", "w/o PE", "w/o JL", "BDLM"]
 METRICS = ["HR@1", "HR@2", "precision", "recall", "F1"]
 CI_METRICS = ["HR@1", "HR@2", "F1"]
@@ -432,7 +435,7 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
         columns=["dataset", "label", *METRICS]), {})
     t1 = table1(output_dir, chosen)
     flagged = sorted(l for l in set(summary["label"]) if "+" in l) if len(summary) else []
-    t3 = results_table(summary, BASELINES + BDLM_ROWS + flagged, [*METRICS, "users"]) if len(summary) else pd.DataFrame()
+    t3 = results_table(summary, BASELINES + CONTROLS + BDLM_ROWS + flagged, [*METRICS, "users"]) if len(summary) else pd.DataFrame()
     imp, which = improvement(summary, METRICS) if len(summary) else ({}, {})
     if len(t3):
         t3.loc["Improv."] = [f"{100 * imp[c]:+.1f}%" if c in imp and not pd.isna(imp[c]) else "–" for c in t3.columns]

@@ -1,0 +1,125 @@
+"""A control for BDLM-drs: the joint run's domain step without the LLM (methods ncf_ft, lightgcn_ft).
+
+BDLM's domain step (trainer.JointTrainer.domain_step) fine-tunes the pre-trained domain model on
+each SFT batch's prompts: the answer item (1) and `joint.domain_negatives` of the prompt's other
+candidates (0) - hard negatives (TF-IDF title neighbours, popular items) that the plain model's
+uniform-negative pre-training never saw - with h_L appended to f_D. This runs exactly those steps
+(same samples, batch schedule, negatives, step seeds, optimiser and learning rate) with no h_L and
+no L_ML, and no LLM at all (a few minutes on CPU). So a gain of BDLM-drs over the plain model splits
+into 'fine-tuning on the prompt candidates' (this control over the plain model) and 'the LLM's
+feature and mutual learning' (BDLM-drs over this control).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from ..metrics import evaluate
+from ..runs import write_run
+from .enhanced import EnhancedDomainModel
+from .trainer import step_seed
+
+
+def joint_samples(params: Mapping, ds):
+    """The joint run's training samples (the same list JointTrainer draws): prompts are built with
+    the backbone's tokenizer only; which users, targets and candidates they hold does not depend
+    on the tokenizer or on ET, so no LLM is loaded."""
+    from transformers import AutoTokenizer
+
+    from ..llm.aux_tasks import add_aux_samples
+    from ..llm.backbone import resolve_backbone
+    from ..llm.prompts import PromptBuilder
+    lp = params["llm"]
+    tok = AutoTokenizer.from_pretrained(resolve_backbone(lp["backbone"], lp.get("model_cache")))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    builder = PromptBuilder(ds, tok, params, token_map=None)
+    return add_aux_samples(builder.train_samples(task=lp["task"]), ds, builder, params)
+
+
+def candidate_examples(prompts, n_neg: int, rng: np.random.Generator):
+    """(users, items, labels) as trainer.domain_examples picks them (same rng calls, same order)."""
+    users, items, labels = [], [], []
+    for p in prompts:
+        if p.task == "topk":
+            cand = np.asarray(p.candidates)
+            pos = np.flatnonzero(cand == p.target)
+            neg = np.flatnonzero(cand != p.target)
+            neg = rng.choice(neg, size=min(n_neg, len(neg)), replace=False) if n_neg > 0 else neg[:0]
+            sel = np.concatenate([pos[:1], np.sort(neg)])
+            users += [p.user] * len(sel)
+            items += cand[sel].tolist()
+            labels += [1.0] + [0.0] * (len(sel) - 1)
+        elif p.task == "binary":
+            users.append(p.user)
+            items.append(p.target)
+            labels.append(float(p.label))
+    return np.asarray(users), np.asarray(items), np.asarray(labels, dtype=np.float32)
+
+
+def candidate_finetune(domain, ds, params: Mapping, samples=None, progress: bool = True):
+    """Fine-tune `domain` (in place, wrapped in the enhanced head with no extra feature) over the
+    joint schedule; returns (enhanced model, per-step losses)."""
+    from tqdm.auto import tqdm
+
+    from ..llm.sft import _schedule
+    j, sft = params["joint"], params["sft"]
+    seed = int(params.get("seed", 42))
+    samples = joint_samples(params, ds) if samples is None else samples
+    if not samples:
+        raise ValueError("candidate fine-tuning: no training samples (check sft.max_train_users / llm.task)")
+    bs = int(j.get("batch_size") or sft["batch_size"])
+    schedule = _schedule(len(samples), bs, int(j["epochs"]), seed)
+    total = len(schedule) if j.get("max_steps") is None else min(len(schedule), int(j["max_steps"]))
+    n_neg = int(j["domain_negatives"])
+    if n_neg < 0:
+        raise ValueError(f"params.joint.domain_negatives must be >= 0, got {n_neg}")
+    enhanced = EnhancedDomainModel(domain, 0)
+    opt = torch.optim.Adam(enhanced.parameters(), lr=float(j["domain_lr"]))
+    losses = []
+    for g in tqdm(range(total), desc="domain step without the LLM", disable=not progress):
+        s = step_seed(seed, g)
+        torch.manual_seed(s)
+        rng = np.random.default_rng(s)
+        u, i, y = candidate_examples([samples[n] for n in schedule[g]], n_neg, rng)
+        enhanced.train()
+        loss = enhanced.loss(u, i, torch.zeros(len(u), 0), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append({"step": g + 1, "L_D": float(loss.detach())})
+    return enhanced, losses
+
+
+def run_candidate_finetune(params: Mapping, ds, run_dir, domain_run=None, progress: bool = True):
+    """Pre-trained domain model (the one BDLM would start from) -> control run in `run_dir`:
+    metrics.json (+ predictions.parquet for the report's paired tests), history.json."""
+    from .run import pretrained_domain
+    t0 = time.perf_counter()
+    domain, domain_dir = pretrained_domain(params, ds, domain_run)
+    domain.cpu()
+    enhanced, losses = candidate_finetune(domain, ds, params, progress=progress)
+    train_seconds = time.perf_counter() - t0
+
+    def score(frame):
+        n = len(frame)
+        return enhanced.predict(frame["user"].to_numpy(), frame["item"].to_numpy(), torch.zeros(n, 0))
+    ev = params["eval"]
+    metrics, preds = evaluate(score, ds, "test", ev["max_users"], ev["ks"], return_predictions=True,
+                              topk_users=ev.get("topk_users"))
+    metrics.update({"model": params["domain"]["model"], "control": "candidate fine-tuning without h_L",
+                    "dataset": str(params["dataset"]), "preset": params.get("preset"),
+                    "domain_run": str(domain_dir), "steps": len(losses),
+                    "final_L_D": losses[-1]["L_D"] if losses else None,
+                    "train_seconds": round(train_seconds, 2),
+                    "wall_seconds": round(time.perf_counter() - t0, 2)})
+    if not all(math.isfinite(h["L_D"]) for h in losses):
+        raise FloatingPointError(f"{run_dir}: non-finite L_D in candidate fine-tuning (params.joint.domain_lr?)")
+    write_run(Path(run_dir), params, metrics, extra={"history.json": losses},
+              predictions={"predictions.parquet": preds})
+    return metrics, Path(run_dir)
