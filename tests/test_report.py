@@ -46,6 +46,8 @@ def outputs(tmp_path_factory):
     store("instructrec-s42", "instructrec", {"main": 0.3})
     store("lightgcn-s42", "lightgcn", {"main": 1.0}, topk_users=60)   # ranks more users than the rest
     store("ncf-s42", "ncf", {"main": 0.5})
+    store("lightgcn_ft-s42", "lightgcn_ft", {"main": 1.1})   # controls (bdlm_lib/joint/control.py)
+    store("ncf_ft-s42", "ncf_ft", {"main": 0.6})
     store("wo_jl-s42", "wo_jl", {"llm": 1.2, "drs": 1.5})
     store("wo_pe-lam0.1-s42", "wo_pe", {"llm": 1.3, "drs": 1.6}, 0.1)
     store("wo_et-lam0.1-s42", "wo_et", {"llm": 0.9, "drs": 1.4}, 0.1)
@@ -98,7 +100,20 @@ def test_report_files_tables_and_ci(outputs):
     assert row["BDLM"] == s.loc[["BDLM-llm", "BDLM-drs"], "HR@1"].idxmax()
     assert row["best baseline"] == s.loc[["InstructRec", "NCF", "LightGCN"], "HR@1"].idxmax()
     assert row["delta lo"] <= row["delta"] <= row["delta hi"]
-    assert row["p (McNemar exact)"] < 0.05 and row["wins"] > row["losses"]
+    assert row["p (McNemar exact)"] < 0.05 and row["wins"] > row["losses"] and row["comparison"] == "vs best baseline"
+    # the controls: their own rows in Tables 3 / 4, never the "best baseline"; each BDLM-drs paired
+    # with its domain model and with its control on the same users
+    assert "LightGCN-FT" in t3.index and "NCF-FT" in pd.read_csv(rep / "table4.csv", index_col=0).index
+    assert "FT" not in row["best baseline"]
+    hr = sig[sig["metric"] == "HR@1"].set_index(["BDLM", "best baseline"])
+    first = (row["BDLM"], row["best baseline"])   # a pair that is the best-baseline row is not repeated
+    drs = [("BDLM-drs", "LightGCN"), ("BDLM-drs", "LightGCN-FT"), ("BDLM-NCF-drs", "NCF"), ("BDLM-NCF-drs", "NCF-FT")]
+    assert list(hr.index) == [first] + [p for p in drs if p != first]
+    assert list(hr["comparison"])[1:] == [("vs the control" if "FT" in b else "vs its domain model")
+                                          for a, b in drs if (a, b) != first]
+    for ours, base in (("BDLM-drs", "LightGCN-FT"), ("BDLM-NCF-drs", "NCF-FT"), ("BDLM-NCF-drs", "NCF")):
+        r = hr.loc[(ours, base)]
+        assert r["n_users"] == 40 and r["delta"] == pytest.approx(s.loc[ours, "HR@1"] - s.loc[base, "HR@1"])
 
 
 def test_per_user_matches_metrics_and_paired_test(outputs):
