@@ -101,8 +101,9 @@ def run_candidate_finetune(params: Mapping, ds, run_dir, domain_run=None, progre
     metrics.json (+ predictions.parquet for the report's paired tests), history.json."""
     from .run import pretrained_domain
     t0 = time.perf_counter()
+    from ..domain import domain_device
     domain, domain_dir = pretrained_domain(params, ds, domain_run)
-    domain.cpu()
+    domain.to(domain_device(params))   # as in the joint run (build_joint)
     enhanced, losses = candidate_finetune(domain, ds, params, progress=progress)
     train_seconds = time.perf_counter() - t0
 
