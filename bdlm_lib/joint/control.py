@@ -22,7 +22,7 @@ import torch
 from ..metrics import evaluate
 from ..runs import write_run
 from .enhanced import EnhancedDomainModel
-from .trainer import step_seed
+from .trainer import select_examples, step_seed
 
 
 def joint_samples(params: Mapping, ds):
@@ -43,23 +43,16 @@ def joint_samples(params: Mapping, ds):
 
 
 def candidate_examples(prompts, n_neg: int, rng: np.random.Generator):
-    """(users, items, labels) as trainer.domain_examples picks them (same rng calls, same order)."""
-    users, items, labels = [], [], []
+    """(users, items, labels) as trainer.domain_examples picks them (same rng calls, same order),
+    read from the prompts instead of the LLM's pass."""
+    users, items = [], []
     for p in prompts:
-        if p.task == "topk":
-            cand = np.asarray(p.candidates)
-            pos = np.flatnonzero(cand == p.target)
-            neg = np.flatnonzero(cand != p.target)
-            neg = rng.choice(neg, size=min(n_neg, len(neg)), replace=False) if n_neg > 0 else neg[:0]
-            sel = np.concatenate([pos[:1], np.sort(neg)])
-            users += [p.user] * len(sel)
-            items += cand[sel].tolist()
-            labels += [1.0] + [0.0] * (len(sel) - 1)
-        elif p.task == "binary":
-            users.append(p.user)
-            items.append(p.target)
-            labels.append(float(p.label))
-    return np.asarray(users), np.asarray(items), np.asarray(labels, dtype=np.float32)
+        if p.task in ("topk", "binary"):
+            its = list(p.candidates) if p.task == "topk" else [p.target]
+            users += [p.user] * len(its)
+            items += [int(i) for i in its]
+    keep, labels = select_examples(prompts, n_neg, rng)
+    return np.asarray(users, dtype=np.int64)[keep], np.asarray(items, dtype=np.int64)[keep], labels
 
 
 def candidate_finetune(domain, ds, params: Mapping, samples=None, progress: bool = True):

@@ -62,11 +62,10 @@ def step_seed(seed: int, step: int) -> int:
     return (int(seed) * 1_000_003 + int(step) * 7919) % (2 ** 31 - 1)
 
 
-def domain_examples(prompts, out, n_neg: int, rng: np.random.Generator):
-    """(users, items, h_L, labels) for the domain step from one LLM forward pass: per top-K prompt
-    the answer item (1) and `n_neg` of its other candidates (0); per binary prompt its item with
-    its label."""
-    users, items, h = item_hidden(out, prompts, "candidates")
+def select_examples(prompts, n_neg: int, rng: np.random.Generator):
+    """Which of the batch's candidate mentions (top-K candidates in prompt order, binary items) the
+    domain step trains on, with labels: per top-K prompt the answer item (1) and `n_neg` of its other
+    candidates (0); per binary prompt its item with its label. Returns (indices, labels)."""
     keep, labels, k = [], [], 0
     for p in prompts:
         if p.task not in ("topk", "binary"):
@@ -84,8 +83,14 @@ def domain_examples(prompts, out, n_neg: int, rng: np.random.Generator):
             keep.append(k)
             labels.append(float(p.label))
         k += n
-    keep_t = torch.as_tensor(keep, dtype=torch.long)
-    return users[keep], items[keep], h[keep_t], np.asarray(labels, dtype=np.float32)
+    return np.asarray(keep, dtype=np.int64), np.asarray(labels, dtype=np.float32)
+
+
+def domain_examples(prompts, out, n_neg: int, rng: np.random.Generator):
+    """(users, items, h_L, labels) for the domain step from one LLM forward pass (select_examples)."""
+    users, items, h = item_hidden(out, prompts, "candidates")
+    keep, labels = select_examples(prompts, n_neg, rng)
+    return users[keep], items[keep], h[torch.as_tensor(keep, dtype=torch.long)], labels
 
 
 class JointTrainer:
