@@ -22,7 +22,7 @@ import torch
 from ..metrics import evaluate
 from ..runs import write_run
 from .enhanced import EnhancedDomainModel
-from .trainer import select_examples, step_seed
+from .trainer import joint_samples_of, joint_schedule, select_examples, step_seed
 
 
 def joint_samples(params: Mapping, ds):
@@ -31,7 +31,6 @@ def joint_samples(params: Mapping, ds):
     on the tokenizer or on ET, so no LLM is loaded."""
     from transformers import AutoTokenizer
 
-    from ..llm.aux_tasks import add_aux_samples
     from ..llm.backbone import resolve_backbone
     from ..llm.prompts import PromptBuilder
     lp = params["llm"]
@@ -39,7 +38,7 @@ def joint_samples(params: Mapping, ds):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     builder = PromptBuilder(ds, tok, params, token_map=None)
-    return add_aux_samples(builder.train_samples(task=lp["task"]), ds, builder, params)
+    return joint_samples_of(builder, ds, params)
 
 
 def candidate_examples(prompts, n_neg: int, rng: np.random.Generator):
@@ -59,28 +58,24 @@ def candidate_finetune(domain, ds, params: Mapping, samples=None, progress: bool
     """Fine-tune `domain` (in place, wrapped in the enhanced head with no extra feature) over the
     joint schedule; returns (enhanced model, per-step losses)."""
     from tqdm.auto import tqdm
-
-    from ..llm.sft import _schedule
-    j, sft = params["joint"], params["sft"]
+    j = params["joint"]
     seed = int(params.get("seed", 42))
     samples = joint_samples(params, ds) if samples is None else samples
     if not samples:
         raise ValueError("candidate fine-tuning: no training samples (check sft.max_train_users / llm.task)")
-    bs = int(j.get("batch_size") or sft["batch_size"])
-    schedule = _schedule(len(samples), bs, int(j["epochs"]), seed)
-    total = len(schedule) if j.get("max_steps") is None else min(len(schedule), int(j["max_steps"]))
+    _, schedule, total = joint_schedule(params, len(samples))
     n_neg = int(j["domain_negatives"])
     if n_neg < 0:
         raise ValueError(f"params.joint.domain_negatives must be >= 0, got {n_neg}")
     enhanced = EnhancedDomainModel(domain, 0)
     opt = torch.optim.Adam(enhanced.parameters(), lr=float(j["domain_lr"]))
+    enhanced.train()
     losses = []
     for g in tqdm(range(total), desc="domain step without the LLM", disable=not progress):
         s = step_seed(seed, g)
         torch.manual_seed(s)
         rng = np.random.default_rng(s)
         u, i, y = candidate_examples([samples[n] for n in schedule[g]], n_neg, rng)
-        enhanced.train()
         loss = enhanced.loss(u, i, torch.zeros(len(u), 0), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,13 +87,15 @@ def candidate_finetune(domain, ds, params: Mapping, samples=None, progress: bool
 def run_candidate_finetune(params: Mapping, ds, run_dir, domain_run=None, progress: bool = True):
     """Pre-trained domain model (the one BDLM would start from) -> control run in `run_dir`:
     metrics.json (+ predictions.parquet for the report's paired tests), history.json."""
+    from ..domain import domain_device
     from .run import pretrained_domain
     t0 = time.perf_counter()
-    from ..domain import domain_device
     domain, domain_dir = pretrained_domain(params, ds, domain_run)
     domain.to(domain_device(params))   # as in the joint run (build_joint)
     enhanced, losses = candidate_finetune(domain, ds, params, progress=progress)
     train_seconds = time.perf_counter() - t0
+    if not all(math.isfinite(h["L_D"]) for h in losses):   # before spending the test evaluation
+        raise FloatingPointError(f"{run_dir}: non-finite L_D in candidate fine-tuning (params.joint.domain_lr?)")
 
     def score(frame):
         n = len(frame)
@@ -112,8 +109,6 @@ def run_candidate_finetune(params: Mapping, ds, run_dir, domain_run=None, progre
                     "final_L_D": losses[-1]["L_D"] if losses else None,
                     "train_seconds": round(train_seconds, 2),
                     "wall_seconds": round(time.perf_counter() - t0, 2)})
-    if not all(math.isfinite(h["L_D"]) for h in losses):
-        raise FloatingPointError(f"{run_dir}: non-finite L_D in candidate fine-tuning (params.joint.domain_lr?)")
     write_run(Path(run_dir), params, metrics, extra={"history.json": losses},
               predictions={"predictions.parquet": preds})
     return metrics, Path(run_dir)

@@ -62,6 +62,23 @@ def step_seed(seed: int, step: int) -> int:
     return (int(seed) * 1_000_003 + int(step) * 7919) % (2 ** 31 - 1)
 
 
+def joint_samples_of(builder, ds, params: Mapping) -> list:
+    """A joint run's training samples: the SFT samples (llm.task) plus the auxiliary ones
+    (Cao et al. 2024, sft.aux_tasks; none added for none)."""
+    from ..llm.aux_tasks import add_aux_samples
+    return add_aux_samples(builder.train_samples(task=params["llm"]["task"]), ds, builder, params)
+
+
+def joint_schedule(params: Mapping, n_samples: int) -> tuple[int, list, int]:
+    """(batch size, batch schedule, steps to run) of a joint run over `n_samples` samples: the
+    order depends only on (seed, epoch); joint.max_steps cuts it."""
+    j = params["joint"]
+    bs = int(j.get("batch_size") or params["sft"]["batch_size"])
+    schedule = _schedule(n_samples, bs, int(j["epochs"]), int(params.get("seed", 42)))
+    total = len(schedule) if j.get("max_steps") is None else min(len(schedule), int(j["max_steps"]))
+    return bs, schedule, total
+
+
 def select_examples(prompts, n_neg: int, rng: np.random.Generator):
     """Which of the batch's candidate mentions (top-K candidates in prompt order, binary items) the
     domain step trains on, with labels: per top-K prompt the answer item (1) and `n_neg` of its other
@@ -114,15 +131,12 @@ class JointTrainer:
             raise ValueError(f"params.joint.domain_negatives must be >= 0, got {j['domain_negatives']}")
         self.seed = int(params.get("seed", 42))
         if samples is None:
-            from ..llm.aux_tasks import add_aux_samples  # Cao et al. 2024 (sft.aux_tasks); no-op for none
-            samples = add_aux_samples(builder.train_samples(task=params["llm"]["task"]), ds, builder, params)
+            samples = joint_samples_of(builder, ds, params)
         self.samples = samples
         if not self.samples:
             raise ValueError("joint training: no training samples (check sft.max_train_users / llm.task)")
-        bs = int(j.get("batch_size") or sft["batch_size"])
-        self.schedule = _schedule(len(self.samples), bs, int(j["epochs"]), self.seed)
+        bs, self.schedule, self.total = joint_schedule(params, len(self.samples))
         self.steps_per_epoch = math.ceil(len(self.samples) / bs)
-        self.total = len(self.schedule) if j.get("max_steps") is None else min(len(self.schedule), int(j["max_steps"]))
         # w/o JL runs the LLM phase, then the domain phase, over the same schedule
         self.n_global = self.total if self.joint else 2 * self.total
         self.n_neg = int(j["domain_negatives"])
