@@ -138,7 +138,7 @@ def _plain(d: Any) -> Any:
 _OPTIONAL_COUNT = (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
                    "null or an integer >= 1")
 
-# Range/choice rules of the data section (the other sections' owners may add theirs here):
+# Range/choice rules (data, evaluation, and keys more than one module reads):
 # key -> (check, what it must be). Checked once the layers are merged, naming the key.
 _RULES = {
     "seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
@@ -152,6 +152,9 @@ _RULES = {
     "testset.sim_pool": (lambda v: v >= 0, "an integer >= 0"),
     "eval.max_users": _OPTIONAL_COUNT,
     "eval.topk_users": _OPTIONAL_COUNT,
+    # the joint trainer and its control (joint/control.py) both sample this many negatives
+    "joint.domain_negatives": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                               "an integer >= 0"),
 }
 
 

@@ -80,7 +80,8 @@ def test_unknown_keys_fail_naming_the_key(tmp_path):
 def test_ranges_presets_and_datasets():
     for key, bad in [("data.kcore", 0), ("data.sample_users", 0), ("data.top_items", 0),
                      ("seed", -1),
-                     ("testset.n_binary_neg", 0), ("eval.max_users", 0), ("eval.topk_users", 0)]:
+                     ("testset.n_binary_neg", 0), ("eval.max_users", 0), ("eval.topk_users", 0),
+                     ("joint.domain_negatives", -1)]:
         with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
             load_params("ml1m", "smoke", {key: bad})
     with pytest.raises(ParamsError, match="preset 'tiny'"):

@@ -64,9 +64,7 @@ def candidate_finetune(domain, ds, params: Mapping, samples=None, progress: bool
     if not samples:
         raise ValueError("candidate fine-tuning: no training samples (check sft.max_train_users / llm.task)")
     _, schedule, total = joint_schedule(params, len(samples))
-    n_neg = int(j["domain_negatives"])
-    if n_neg < 0:
-        raise ValueError(f"params.joint.domain_negatives must be >= 0, got {n_neg}")
+    n_neg = int(j["domain_negatives"])   # checked with the other parameters (params._RULES)
     enhanced = EnhancedDomainModel(domain, 0)
     opt = torch.optim.Adam(enhanced.parameters(), lr=float(j["domain_lr"]))
     enhanced.train()

@@ -127,8 +127,6 @@ class JointTrainer:
         self.lam = float(j["lambda_ml"])
         if self.lam < 0 or not math.isfinite(self.lam):
             raise ValueError(f"params.joint.lambda_ml must be a finite number >= 0, got {self.lam}")
-        if int(j["domain_negatives"]) < 0:
-            raise ValueError(f"params.joint.domain_negatives must be >= 0, got {j['domain_negatives']}")
         self.seed = int(params.get("seed", 42))
         if samples is None:
             samples = joint_samples_of(builder, ds, params)
