@@ -4,6 +4,7 @@ Batch YAML (params/batches/*.yaml):
 
     name: demo                  # folder name: <output_dir>/<dataset>/<name>/<run_id>/
     preset: demo                # smoke | demo | cpu | paper
+    extends: null               # another batch file (relative to this one): its spec under these keys
     output_dir: null            # default for --output-dir (null: base.yaml's output_dir)
     data_dir: null              # null: $BDLM_DATA_DIR
     notebooks_dir: null         # null: the repo's notebooks/; relative paths: to this YAML
@@ -141,7 +142,10 @@ def lam_tag(lam: float) -> str:
     return f"{float(lam):g}"
 
 
-def load_batch(path: str | Path) -> dict:
+def load_batch(path: str | Path, _chain: tuple = ()) -> dict:
+    """Read a batch file; with `extends: other.yaml` (relative to this file) it is that file's spec
+    with these keys on top: `overrides`, `methods` and `flags` merge key by key (this file wins),
+    every other key (grid, notebooks, name, ...) is replaced whole."""
     path = Path(path)
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -152,10 +156,31 @@ def load_batch(path: str | Path) -> dict:
     if not isinstance(spec, dict):
         raise BatchError(f"{path}: expected a mapping at the top level")
     known = {"name", "description", "preset", "output_dir", "data_dir", "notebooks_dir", "kernel",
-             "execution_timeout", "overrides", "methods", "flags", "grid", "notebooks"}
+             "execution_timeout", "overrides", "methods", "flags", "grid", "notebooks", "extends"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise BatchError(f"{path}: unknown batch key(s) {unknown} (known: {sorted(known)})")
+    ext = spec.pop("extends", None)
+    if ext is not None:
+        parent_path = Path(str(ext))
+        parent_path = (parent_path if parent_path.is_absolute() else path.parent / parent_path).resolve()
+        chain = _chain + (path.resolve(),)
+        if parent_path in chain:
+            raise BatchError(f"{path}: extends: {ext} extends this file again (a cycle)")
+        if not parent_path.exists():
+            raise BatchError(f"{path}: extends: {ext}: no such batch file ({parent_path})")
+        merged = load_batch(parent_path, chain)
+        for key, value in spec.items():
+            if key in ("overrides", "methods", "flags") and value is not None:
+                if not isinstance(value, Mapping):
+                    raise BatchError(f"{path}: {key}: expected a mapping, got {value!r}")
+                # overrides flattened first, so a dotted key here replaces a nested one there
+                flat = key == "overrides"
+                parent = merged.get(key) or {}
+                merged[key] = ({**_flatten(parent), **_flatten(value)} if flat else {**parent, **value})
+            else:
+                merged[key] = value
+        spec = merged
     for key in ("name", "grid", "notebooks"):
         if not spec.get(key):
             raise BatchError(f"{path}: missing '{key}'")
