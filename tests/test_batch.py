@@ -216,6 +216,14 @@ def test_repo_batch_files_expand(name, tmp_path):
     # cpu_more / aux batches add the other rows at the same preset
     if name.startswith("cpu_more_"):
         assert {"lightgcn", "wo_jl", "gpt4sm"} <= methods
+    elif name.startswith("cpu_wide_"):  # more ranked users for the domain-side comparison
+        assert {r.method for r in batch.runs if r.scope == "run"} == {"lightgcn", "lightgcn_ft", "bdlm"}
+        main = {r.method: r.params for r in expand_repo_batch(name.replace("cpu_wide_", "cpu_"), tmp_path)[1].runs
+                if r.scope == "run"}
+        for r in (r for r in batch.runs if r.scope == "run"):   # the main batch's runs but for eval.topk_users
+            wide, base = json.loads(json.dumps(r.params)), json.loads(json.dumps(main[r.method]))
+            assert wide["eval"].pop("topk_users") > base["eval"].pop("topk_users")
+            assert wide == base, r.run_id
     elif name.startswith("cpu_ncf_"):  # Table 4 beside the cpu batches
         assert {r.method for r in batch.runs if r.scope == "run"} == {"ncf", "ncf_ft", "bdlm_ncf"}
         assert all(r.params["domain"]["model"] == "ncf" for r in batch.runs if r.scope == "run")

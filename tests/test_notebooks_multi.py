@@ -33,9 +33,9 @@ def rows(table_json: Path) -> dict:
 @pytest.mark.notebooks
 def test_notebook_05_runs_every_listed_baseline(world, tmp_path):  # noqa: F811
     base = execute("05_baselines.ipynb", world, tmp_path,
-                   baselines=["gmf", "lightgcn", "llmrec", "instructrec", "gpt4sm"])
+                   baselines=["gmf", "lightgcn", "llmrec", "instructrec", "gpt4sm", "lightgcn_ft"])
     table = rows(base / "baselines-smoke" / "table.json")
-    assert set(table) == {"GMF", "LightGCN", "LLM-Rec", "InstructRec", "GPT4SM"}
+    assert set(table) == {"GMF", "LightGCN", "LLM-Rec", "InstructRec", "GPT4SM", "LightGCN-FT"}
     for r in table.values():
         assert r["users"] == 6 and 0 <= r["HR@1"] <= r["HR@2"] <= 1 and 0 <= r["F1"] <= 1
     # each method's run folder holds its own metrics, and the table reports exactly those
