@@ -22,6 +22,7 @@ import torch
 from ..metrics import evaluate
 from ..runs import write_run
 from .enhanced import EnhancedDomainModel
+from .llm_io import item_mentions
 from .trainer import joint_samples_of, joint_schedule, select_examples, step_seed
 
 
@@ -29,29 +30,19 @@ def joint_samples(params: Mapping, ds):
     """The joint run's training samples (the same list JointTrainer draws): prompts are built with
     the backbone's tokenizer only; which users, targets and candidates they hold does not depend
     on the tokenizer or on ET, so no LLM is loaded."""
-    from transformers import AutoTokenizer
-
-    from ..llm.backbone import resolve_backbone
+    from ..llm.backbone import load_tokenizer
     from ..llm.prompts import PromptBuilder
     lp = params["llm"]
-    tok = AutoTokenizer.from_pretrained(resolve_backbone(lp["backbone"], lp.get("model_cache")))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    builder = PromptBuilder(ds, tok, params, token_map=None)
+    builder = PromptBuilder(ds, load_tokenizer(lp["backbone"], lp.get("model_cache")), params, token_map=None)
     return joint_samples_of(builder, ds, params)
 
 
 def candidate_examples(prompts, n_neg: int, rng: np.random.Generator):
-    """(users, items, labels) as trainer.domain_examples picks them (same rng calls, same order),
-    read from the prompts instead of the LLM's pass."""
-    users, items = [], []
-    for p in prompts:
-        if p.task in ("topk", "binary"):
-            its = list(p.candidates) if p.task == "topk" else [p.target]
-            users += [p.user] * len(its)
-            items += [int(i) for i in its]
+    """(users, items, labels) as trainer.domain_examples picks them (the same mentions, same rng
+    calls, same order), read from the prompts instead of the LLM's pass."""
+    _, _, users, items = item_mentions(prompts, "candidates")
     keep, labels = select_examples(prompts, n_neg, rng)
-    return np.asarray(users, dtype=np.int64)[keep], np.asarray(items, dtype=np.int64)[keep], labels
+    return users[keep], items[keep], labels
 
 
 def candidate_finetune(domain, ds, params: Mapping, samples=None, progress: bool = True):

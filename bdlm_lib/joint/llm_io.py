@@ -23,10 +23,9 @@ def forward_prompts(model, prompts, pad_id: int, with_answer: bool = True):
     return out.loss, out
 
 
-def item_hidden(out, prompts, which: str = "all"):
-    """(users, items, h_L [N, h]) at the items' token positions, detached (Eq. 5: no gradient
-    into the LLM from the domain loss). which = "all" (every mention) or "candidates" (top-K
-    candidates and binary targets)."""
+def item_mentions(prompts, which: str = "all"):
+    """(prompt rows, mention columns, users, items) of the batch's item mentions, in prompt order.
+    which = "all" (every mention) or "candidates" (top-K candidates and binary targets)."""
     rows, cols, users, items = [], [], [], []
     for r, p in enumerate(prompts):
         for m, (it, role) in enumerate(zip(p.items, p.item_roles)):
@@ -35,8 +34,15 @@ def item_hidden(out, prompts, which: str = "all"):
                 cols.append(m)
                 users.append(p.user)
                 items.append(int(it))
+    return rows, cols, np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+
+
+def item_hidden(out, prompts, which: str = "all"):
+    """(users, items, h_L [N, h]) at the items' token positions (`item_mentions`), detached (Eq. 5:
+    no gradient into the LLM from the domain loss)."""
+    rows, cols, users, items = item_mentions(prompts, which)
     h = out.item_hidden.detach()[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)]
-    return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64), h.float()
+    return users, items, h.float()
 
 
 def prompt_ids(prompts) -> tuple[np.ndarray, np.ndarray]:

@@ -101,17 +101,31 @@ def load_backbone(name_or_path: str = "smollm2-135m-instruct",
     The tokenizer gets a pad token (eos if it has none) and right padding by default; the scoring
     functions do not rely on the padding side (they read positions from the attention mask).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     folder = resolve_backbone(name_or_path, cache_dir)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    tok = _tokenizer(folder)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    except (OSError, ValueError, KeyError) as e:
+        raise BackboneError(f"{folder}: cannot load backbone ({str(e).splitlines()[0][:200]})") from None
+    model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok
+
+
+def load_tokenizer(name_or_path: str = "smollm2-135m-instruct", cache_dir: str | os.PathLike | None = None):
+    """The backbone's tokenizer alone, set up as `load_backbone` sets it up (prompts without a model)."""
+    return _tokenizer(resolve_backbone(name_or_path, cache_dir))
+
+
+def _tokenizer(folder: Path):
+    from transformers import AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
     except (OSError, ValueError, KeyError) as e:
         raise BackboneError(f"{folder}: cannot load backbone ({str(e).splitlines()[0][:200]})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    model.config.pad_token_id = tok.pad_token_id
-    model.eval()
-    return model, tok
+    return tok
