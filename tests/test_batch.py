@@ -134,6 +134,9 @@ def test_batch_file_extends_another(tmp_path):
     assert lg.run_dir.parent.name == "wide"                            # name replaced
     assert lg.params["eval"]["topk_users"] == 80 and lg.params["domain"]["epochs"] == 2  # overrides merged
     assert ir.params["eval"]["topk_users"] == 20                       # the parent's method entry kept
+    # the parent's notebooks_dir "." is the parent's folder, not the child's (sub/ has no notebook)
+    own = expand_batch(child, output_dir=tmp_path / "out").runs
+    assert {nb for r in own for nb in r.notebooks} == {(tmp_path / "tiny.ipynb").resolve()}
     # a cycle and a missing parent fail naming the file
     (tmp_path / "parent.yaml").write_text((tmp_path / "parent.yaml").read_text() + "extends: sub/child.yaml\n")
     with pytest.raises(BatchError, match="cycle"):

@@ -7,7 +7,7 @@ Batch YAML (params/batches/*.yaml):
     extends: null               # another batch file (relative to this one): its spec under these keys
     output_dir: null            # default for --output-dir (null: base.yaml's output_dir)
     data_dir: null              # null: $BDLM_DATA_DIR
-    notebooks_dir: null         # null: the repo's notebooks/; relative paths: to this YAML
+    notebooks_dir: null         # null: the repo's notebooks/; relative: to the YAML that names it
     kernel: null                # Jupyter kernel (null: the notebook's own kernelspec)
     execution_timeout: null     # seconds per cell (null: none)
     overrides: {sft.max_steps: 30}     # applied to every run (dotted or nested keys)
@@ -160,6 +160,10 @@ def load_batch(path: str | Path, _chain: tuple = ()) -> dict:
     unknown = sorted(set(spec) - known)
     if unknown:
         raise BatchError(f"{path}: unknown batch key(s) {unknown} (known: {sorted(known)})")
+    # a relative notebooks_dir belongs to the file that names it, not to a file extending this one
+    nbd = spec.get("notebooks_dir")
+    if nbd is not None and not Path(str(nbd)).is_absolute():
+        spec["notebooks_dir"] = str((path.parent / str(nbd)).resolve())
     ext = spec.pop("extends", None)
     if ext is not None:
         parent_path = Path(str(ext))
@@ -233,8 +237,8 @@ def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
     path = Path(batch_yaml).resolve()
     spec = load_batch(path)
     name, preset = str(spec["name"]), str(spec.get("preset") or "demo")
-    nb_dir = Path(notebooks_dir or spec.get("notebooks_dir") or REPO / "notebooks")
-    nb_dir = nb_dir if nb_dir.is_absolute() else (path.parent / nb_dir)
+    # the YAML's own relative notebooks_dir was made absolute by load_batch; an argument is from the cwd
+    nb_dir = Path(notebooks_dir or spec.get("notebooks_dir") or REPO / "notebooks").resolve()
     out = Path(output_dir or spec.get("output_dir") or load_params(preset=preset)["output_dir"]).resolve()
     methods = dict(METHODS)
     for m, bundle in (spec.get("methods") or {}).items():
