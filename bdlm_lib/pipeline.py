@@ -60,10 +60,7 @@ def run_method(method: str, params: Mapping, ds=None, run_dir: str | Path | None
         metrics, out = run_gpt4sm(params, ds, progress=progress, run_dir=run_dir)
     elif method in CONTROL_METHODS:
         from .joint.control import run_candidate_finetune
-        if run_dir is None:
-            from .runs import new_run_dir
-            run_dir = new_run_dir(Path(params["output_dir"]) / Path(str(params["dataset"])).name / "control", method)
-        metrics, out = run_candidate_finetune(params, ds, run_dir, progress=progress)
+        metrics, out = run_candidate_finetune(params, ds, progress=progress, run_dir=run_dir)
     elif method in JOINT_METHODS:
         from .joint.run import run_bdlm
         m_llm, m_drs, out = run_bdlm(params, ds, progress=progress, run_dir=run_dir)

@@ -403,7 +403,7 @@ def test_control_replays_the_joint_domain_step_without_the_llm(params):
     q = params(domain__model="ncf", joint__max_steps=3, eval__max_users=12)
     m = run_method("ncf_ft", q)
     run = Path(m["run_dir"])
-    assert run.parent.name == "control" and m["steps"] == 3 and m["topk"]["n_users"] == 12
+    assert (run.parent.name, run.name) == ("control", "ncf_ft") and m["steps"] == 3 and m["topk"]["n_users"] == 12
     assert (run / "predictions.parquet").exists() and (run / "metrics.json").exists()
     runs = collect_runs(run.parent.parent.parent)
     assert "NCF-FT" not in set(runs["label"])   # a standalone run has no run.json naming its method

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..metrics import evaluate
-from ..runs import write_run
+from ..runs import new_run_dir, write_run
 from .enhanced import EnhancedDomainModel
 from .llm_io import item_mentions
 from .trainer import joint_samples_of, joint_schedule, select_examples, step_seed
@@ -73,9 +73,10 @@ def candidate_finetune(domain, ds, params: Mapping, samples=None, progress: bool
     return enhanced, losses
 
 
-def run_candidate_finetune(params: Mapping, ds, run_dir, domain_run=None, progress: bool = True):
-    """Pre-trained domain model (the one BDLM would start from) -> control run in `run_dir`:
-    metrics.json (+ predictions.parquet for the report's paired tests), history.json."""
+def run_candidate_finetune(params: Mapping, ds, run_dir=None, domain_run=None, progress: bool = True):
+    """Pre-trained domain model (the one BDLM would start from) -> control run in `run_dir`
+    (default: a new <output_dir>/<dataset>/control/<model>_ft folder): metrics.json
+    (+ predictions.parquet for the report's paired tests), history.json."""
     from ..domain import domain_device
     from .run import pretrained_domain
     t0 = time.perf_counter()
@@ -84,7 +85,7 @@ def run_candidate_finetune(params: Mapping, ds, run_dir, domain_run=None, progre
     enhanced, losses = candidate_finetune(domain, ds, params, progress=progress)
     train_seconds = time.perf_counter() - t0
     if not all(math.isfinite(h["L_D"]) for h in losses):   # before spending the test evaluation
-        raise FloatingPointError(f"{run_dir}: non-finite L_D in candidate fine-tuning (params.joint.domain_lr?)")
+        raise FloatingPointError(f"{run_dir or 'control'}: non-finite L_D in candidate fine-tuning (params.joint.domain_lr?)")
 
     def score(frame):
         n = len(frame)
@@ -98,6 +99,9 @@ def run_candidate_finetune(params: Mapping, ds, run_dir, domain_run=None, progre
                     "final_L_D": losses[-1]["L_D"] if losses else None,
                     "train_seconds": round(train_seconds, 2),
                     "wall_seconds": round(time.perf_counter() - t0, 2)})
+    if run_dir is None:   # picked only now, so a failed run leaves no empty folder behind
+        parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "control"
+        run_dir = new_run_dir(parent, f"{params['domain']['model']}_ft")
     write_run(Path(run_dir), params, metrics, extra={"history.json": losses},
               predictions={"predictions.parquet": preds})
     return metrics, Path(run_dir)
