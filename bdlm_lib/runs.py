@@ -147,6 +147,12 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def dataset_root(params: Mapping) -> Path:
+    """`<output_dir>/<dataset>`: where every stage's run folders of one dataset live (a dataset
+    given as a folder path is named by its last component)."""
+    return Path(params["output_dir"]) / Path(str(params["dataset"])).name
+
+
 def new_run_dir(parent: str | os.PathLike, name: str, overwrite: bool = False) -> Path:
     """A fresh folder for one run. An existing finished run (it has metrics.json) is never
     silently overwritten: without `overwrite` a numbered sibling (`name-2`, …) is used."""

@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ..runs import atomic_dir, read_json, write_json
+from ..runs import atomic_dir, dataset_root, read_json, write_json
 from . import download, registry
 from .loaders import DataError, detect_format, read_raw
 from .prepare import process, sha256_files
@@ -36,8 +36,7 @@ def dataset_tag(params: Mapping) -> str:
 
 
 def dataset_dir(params: Mapping) -> Path:
-    name = Path(str(params["dataset"])).name
-    return Path(params["output_dir"]) / name / "data" / dataset_tag(params)
+    return dataset_root(params) / "data" / dataset_tag(params)
 
 
 def _recipe(params: Mapping) -> dict:

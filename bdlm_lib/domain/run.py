@@ -24,7 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..params import Params
-from ..runs import atomic_write_bytes, new_run_dir, write_run
+from ..runs import atomic_write_bytes, dataset_root, new_run_dir, write_run
 from . import build_domain_model, domain_device
 from .trainer import CHECKPOINT, evaluate_domain, train_domain
 
@@ -91,7 +91,7 @@ def run_domain(params: Mapping, ds=None, run_dir=None):
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         return _run(params, ds, name, run_dir)
-    parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "domain"
+    parent = dataset_root(params) / "domain"
     run_dir = claim_run_dir(parent, name)
     try:
         return _run(params, ds, name, run_dir)

@@ -12,7 +12,7 @@ from typing import Mapping
 import pandas as pd
 import yaml
 
-from ..runs import read_json
+from ..runs import dataset_root, read_json
 
 KEYS = ("eval", "preset")     # with the data recipe (run.same_data)
 
@@ -43,7 +43,7 @@ def results_table(params: Mapping, ds=None, bdlm_run=None, domain_run=None, run_
                   progress: bool = True) -> pd.DataFrame:
     """Rows: the domain model, InstructRec, BDLM-llm, BDLM-drs (HR@1, HR@2, F1, AUC) and, for the
     BDLM rows, the relative HR@1 improvement over the best baseline row."""
-    root = Path(params["output_dir"]) / Path(str(params["dataset"])).name
+    root = dataset_root(params)
     rows = []
     dom = Path(domain_run) if domain_run else find_run(root / "domain", params["domain"]["model"], params)
     if dom is None and run_missing:

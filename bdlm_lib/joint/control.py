@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..metrics import evaluate
-from ..runs import new_run_dir, write_run
+from ..runs import dataset_root, new_run_dir, write_run
 from .enhanced import EnhancedDomainModel
 from .llm_io import item_mentions
 from .trainer import joint_samples_of, joint_schedule, select_examples, step_seed
@@ -100,7 +100,7 @@ def run_candidate_finetune(params: Mapping, ds, run_dir=None, domain_run=None, p
                     "train_seconds": round(train_seconds, 2),
                     "wall_seconds": round(time.perf_counter() - t0, 2)})
     if run_dir is None:   # picked only now, so a failed run leaves no empty folder behind
-        parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "control"
+        parent = dataset_root(params) / "control"
         run_dir = new_run_dir(parent, f"{params['domain']['model']}_ft")
     write_run(Path(run_dir), params, metrics, extra={"history.json": losses},
               predictions={"predictions.parquet": preds})

@@ -89,6 +89,7 @@ def engine_factory(params, config: dict):
 def run_bdlm_deepspeed(params, ds=None, domain_run=None, progress: bool = True):
     """`run_bdlm` with the LLM step under DeepSpeed; returns (metrics_llm, metrics_drs, run_dir)."""
     from ..data import load_dataset
+    from ..runs import dataset_root
     from .run import build_joint, claim_run_dir, finish_run, load_inputs, pretrained_domain, variant_name
     rank, world = init_distributed()
     t0 = time.perf_counter()
@@ -103,7 +104,7 @@ def run_bdlm_deepspeed(params, ds=None, domain_run=None, progress: bool = True):
         pretrained_domain(params, ds, domain_run)
     torch.distributed.barrier()
     ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run, verbose=rank == 0)
-    parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "bdlm"
+    parent = dataset_root(params) / "bdlm"
     name = variant_name(params) + "-ds"
     run_dir = claim_run_dir(parent, name, params) if rank == 0 else None
     holder = [str(run_dir) if run_dir else None]

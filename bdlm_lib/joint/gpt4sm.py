@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..metrics import evaluate, topk_metrics
-from ..runs import new_run_dir, write_run
+from ..runs import dataset_root, new_run_dir, write_run
 from .enhanced import EnhancedDomainModel
 
 
@@ -143,7 +143,7 @@ def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True,
                     "domain_model": params["domain"]["model"], "domain_run": str(domain_dir),
                     "wall_seconds": round(time.perf_counter() - t0, 2)})
     if run_dir is None:
-        parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "baselines"
+        parent = dataset_root(params) / "baselines"
         run_dir = new_run_dir(parent, "gpt4sm")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import yaml
 from safetensors.torch import save_file
 
 from ..metrics import evaluate, topk_metrics
-from ..runs import write_run
+from ..runs import dataset_root, write_run
 from .cascade import cascade_topk_prompts, make_cascade_score_fn, make_shared_score_fns
 from .enhanced import EnhancedDomainModel
 from .sharing import DomainProjection, InformationSharingModule
@@ -88,7 +88,7 @@ def pretrained_domain(params: Mapping, ds, domain_run=None):
     if domain_run is not None:
         return load_domain(domain_run), Path(domain_run)
     name = params["domain"]["model"]
-    root = Path(params["output_dir"]) / Path(str(params["dataset"])).name
+    root = dataset_root(params)
     parent = root / "domain"
     # standalone runs (domain/<model>*) first, then batch runs (<batch>/<run_id>/) of the same model
     cands = sorted(parent.glob(f"{name}*")) if parent.is_dir() else []
@@ -225,7 +225,7 @@ def run_bdlm(params: Mapping, ds=None, domain_run=None, progress: bool = True, r
         return run_bdlm_deepspeed(params, ds, domain_run, progress)
     t0 = time.perf_counter()
     ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run)
-    parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "bdlm"
+    parent = dataset_root(params) / "bdlm"
     run_dir = claim_run_dir(parent, variant_name(params), params) if run_dir is None else Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_joint(params, ds, domain, llm, tok, run_dir=run_dir, progress=progress)

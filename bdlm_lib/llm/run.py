@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 
 from ..metrics import evaluate
-from ..runs import new_run_dir, write_run
+from ..runs import dataset_root, new_run_dir, write_run
 from .backbone import load_backbone
 from .prompts import PromptBuilder
 from .scoring import make_score_fn
@@ -63,7 +63,7 @@ def domain_tables(params: Mapping, ds, domain_embeddings=None, allow_train: bool
         u, i = _read_tables(Path(domain_embeddings))
         src = str(domain_embeddings)
     else:
-        std = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "domain" / params["domain"]["model"]
+        std = dataset_root(params) / "domain" / params["domain"]["model"]
         if (std / "embeddings.safetensors").is_file():
             u, i = _read_tables(std)
             src = str(std)
@@ -126,7 +126,7 @@ def run_llm(params: Mapping, ds, variant: str, domain_embeddings=None, progress:
     if v is None:
         raise ValueError(f"LLM variant '{variant}': expected one of {', '.join(VARIANTS)}")
     if run_dir is None:
-        parent = Path(params["output_dir"]) / Path(str(params["dataset"])).name / "llm"
+        parent = dataset_root(params) / "llm"
         run_dir = new_run_dir(parent, variant)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
