@@ -216,3 +216,22 @@ def test_gru4rec_reads_each_history_from_its_first_item():
         assert torch.allclose(out[r, 6 - len(s):], ref[0], atol=1e-6), r
         assert (out[r, :6 - len(s)] == 0).all()
     assert torch.isfinite(out[4]).all()      # an empty history still gives a (padding) vector
+
+
+def _flushing() -> bool:
+    # a denormal times 2 is 0 exactly when the CPU flushes denormals
+    return (torch.tensor([1e-39]) * 2).item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["sasrec", "mf"])
+def test_denormals_are_flushed_while_a_transformer_trains(smoke, name):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    p, ds = smoke
+    p = load_params("ml1m", "smoke", overrides={"output_dir": p.output_dir, "domain.progress": False,
+                                               "domain.epochs": 1})
+    model = build_domain_model(name, ds.n_users, ds.n_items, p, ds=ds)
+    seen = []
+    train_domain(model, ds, p, callback=lambda epoch, rec: seen.append(_flushing()))
+    assert seen == [name == "sasrec"]
+    assert not _flushing()                   # and the setting is restored after training
