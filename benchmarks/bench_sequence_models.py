@@ -4,10 +4,10 @@ train histories.
 
     python benchmarks/bench_sequence_models.py [--dataset amazon-health] [--preset cpu] [--batches 10]
 
-SASRec / BERT4Rec: the reference is torch's own nn.TransformerEncoderLayer stack over the padded
-[B, L] window (what bdlm_lib ran before session 20; the same numbers at real positions, the
-equivalence is tested in tests/test_domain_models.py). GRU4Rec: the reference runs the GRU over
-the padding too. One timed unit = forward + backward of `--batches` training batches
+The reference is `bdlm_lib.domain.sequential.encode_padded`: torch's own
+nn.TransformerEncoderLayer stack over the padded [B, L] window for SASRec / BERT4Rec (what bdlm_lib
+ran before session 20; the same numbers at real positions, tested in tests/test_domain_models.py),
+and for GRU4Rec the GRU stepping through the padding too. One timed unit = forward + backward of `--batches` training batches
 (`domain.per_model.<model>.batch_size` users each, the preset's dim / layers / max_seq_len).
 Amazon histories are short (Health: median 5 of 50 slots), which is where packing pays.
 """
@@ -22,24 +22,8 @@ import torch
 
 from bdlm_lib.data import load_dataset
 from bdlm_lib.domain import build_domain_model
+from bdlm_lib.domain.sequential import encode_padded
 from bdlm_lib.pipeline import method_params
-
-
-def padded_encode(model, seqs):
-    """The reference: every slot of the window computed, as torch's layers do by default."""
-    if model.name == "gru4rec":
-        return model.gru(model.drop(model.item_emb(seqs)))[0]
-    L = seqs.shape[1]
-    x = model.encoder.drop(model.item_emb(seqs) + model.pos_emb.weight[-L:])
-    allowed = (seqs > 0).unsqueeze(1).expand(-1, L, -1)
-    if model.causal:
-        allowed = allowed & torch.ones(L, L, dtype=torch.bool).tril()
-    allowed = allowed | torch.eye(L, dtype=torch.bool)
-    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
-    mask = mask.repeat_interleave(model.encoder.n_heads, dim=0)
-    for blk in model.encoder.blocks:
-        x = blk(x, src_mask=mask)
-    return model.encoder.norm(x)
 
 
 def timed(fn, batches) -> float:
@@ -73,7 +57,7 @@ def main() -> None:
         def step(encode):
             return lambda seqs: encode(seqs).pow(2).mean().backward()
         t_new = timed(step(model.encode), batches)
-        t_ref = timed(step(lambda s: padded_encode(model, s)), batches)
+        t_ref = timed(step(lambda s: encode_padded(model, s)), batches)
         epoch = ds.n_users / bs / a.batches
         print(f"{name:9s} {a.dataset} (real slots {real:.0%} of L={batches[0].shape[1]}, batch {bs}): "
               f"padded {t_ref * epoch:6.1f} s/epoch, real positions only {t_new * epoch:6.1f} s/epoch, "

@@ -165,27 +165,12 @@ def test_unknown_model_is_one_line_error(smoke):
         build_domain_model("svd", ds.n_users, ds.n_items, p, ds=ds)
 
 
-def _stock_encoder(model, seqs):
-    """The transformer as torch's own layers run it, over the whole padded window (the reference
-    for the packed encoder, which computes real positions only)."""
-    L = seqs.shape[1]
-    x = model.item_emb(seqs) + model.pos_emb.weight[-L:]
-    allowed = (seqs > 0).unsqueeze(1).expand(-1, L, -1)
-    if model.causal:
-        allowed = allowed & torch.ones(L, L, dtype=torch.bool).tril()
-    allowed = allowed | torch.eye(L, dtype=torch.bool)
-    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
-    mask = mask.repeat_interleave(model.encoder.n_heads, dim=0)
-    for blk in model.encoder.blocks:
-        x = blk(x, src_mask=mask)
-    return model.encoder.norm(x)
-
-
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
 def test_packed_transformer_equals_torch_layers_on_the_padded_window(name):
     # histories of 0..12 items in a window of 8: empty, short, and cut ones, so that the
     # length-sorted attention groups have different lengths
     from bdlm_lib.domain import BERT4Rec, SASRec
+    from bdlm_lib.domain.sequential import encode_padded
     torch.manual_seed(0)
     seqs = [[(3 * k + j) % 30 for j in range(n)] for k, n in enumerate((0, 1, 2, 3, 5, 7, 8, 12, 4))]
     model = (SASRec if name == "sasrec" else BERT4Rec)(len(seqs), 30, 16, sequences=seqs,
@@ -193,7 +178,7 @@ def test_packed_transformer_equals_torch_layers_on_the_padded_window(name):
     h = model.history
     real = h > 0
     real[:, -1] = True                       # the user's vector: always computed
-    out, ref = model.encode(h), _stock_encoder(model, h)
+    out, ref = model.encode(h), encode_padded(model, h)      # eval mode: no dropout
     assert torch.allclose(out[real], ref[real], atol=1e-5)
     assert (out[~real] == 0).all()
     # and the gradients of the real positions' outputs

@@ -166,4 +166,24 @@ class BERT4Rec(SASRec):
         return pos, negl
 
 
-__all__ = ["SASRec", "GRU4Rec", "BERT4Rec", "as_long"]
+def encode_padded(model: SequenceModel, seqs: torch.Tensor) -> torch.Tensor:
+    """The reference for `model.encode`: the same weights run the plain way, every slot of the
+    padded window computed (torch's own transformer layers; the GRU stepping through the pads).
+    At real positions it equals `encode` for SASRec/BERT4Rec (tests/test_domain_models.py);
+    benchmarks/bench_sequence_models.py times the two. Input dropout is applied as in training."""
+    if isinstance(model, GRU4Rec):
+        return model.gru(model.drop(model.item_emb(seqs)))[0]
+    L = seqs.shape[1]
+    x = model.encoder.drop(model.item_emb(seqs) + model.pos_emb.weight[-L:])
+    allowed = (seqs > 0).unsqueeze(1).expand(-1, L, -1)
+    if model.causal:
+        allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=seqs.device).tril()
+    allowed = allowed | torch.eye(L, dtype=torch.bool, device=seqs.device)
+    mask = torch.zeros(allowed.shape, device=seqs.device).masked_fill(~allowed, float("-inf"))
+    mask = mask.repeat_interleave(model.encoder.n_heads, dim=0)
+    for blk in model.encoder.blocks:
+        x = blk(x, src_mask=mask)
+    return model.encoder.norm(x)
+
+
+__all__ = ["SASRec", "GRU4Rec", "BERT4Rec", "encode_padded", "as_long"]
