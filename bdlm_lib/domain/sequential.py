@@ -8,7 +8,8 @@ the users' train windows, BERT4Rec with cloze masking (`mask_prob`); all three a
 sampled from items the user has not touched (BPR or BCE, `params.domain.loss`).
 
 Sequences are left-padded, so the last position is always the most recent item, and positions
-(SASRec, BERT4Rec) line up between training windows and the inference history.
+(SASRec, BERT4Rec) line up between training windows and the inference history. Only real
+positions are computed (packed tokens; the GRU reads packed sequences), so padding costs nothing.
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ class _Transformer(nn.Module):
     """Pre-LN transformer blocks (nn.TransformerEncoderLayer weights) run on the real tokens only.
 
     Amazon histories are short (Health: median 5 of 50 slots), so the per-token parts - layer
-    norms, projections, feed-forward, ~97% of the FLOPs at d = 576 - run on the packed real
-    tokens, and only attention itself sees the padded [B, L] layout (an epoch on Health 76 s ->
-    see README "Batches"). Pads are masked as keys, so real positions do not depend on them; pad
-    positions come back as zeros."""
+    norms, projections, feed-forward, most of the FLOPs at d = 576 - run on the packed real
+    tokens, and only attention itself sees a padded layout (a Health SASRec epoch 75 s -> 18 s,
+    benchmarks/bench_sequence_models.py). Pads are masked as keys, so real positions do not
+    depend on them (`encode_padded` is the reference); pad positions come back as zeros."""
+
+    ATTN_CHUNKS = 4     # attention groups per batch (rows sorted by length)
 
     def __init__(self, dim: int, n_layers: int, n_heads: int, dropout: float):
         super().__init__()
@@ -61,8 +64,6 @@ class _Transformer(nn.Module):
             h = h + self._attention(blk, blk.norm1(h), groups)
             h = h + blk.dropout2(blk.linear2(blk.dropout(blk.activation(blk.linear1(blk.norm2(h))))))
         return x.new_zeros(B, L, d).index_put(idx, self.norm(h))
-
-    ATTN_CHUNKS = 4
 
     def _attention(self, blk, h, groups):
         sa, H, d = blk.self_attn, self.n_heads, h.shape[1]
