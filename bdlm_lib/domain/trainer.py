@@ -199,7 +199,7 @@ def train_domain(model, ds, params, run_dir=None,
 def denormals_flushed(on: bool):
     """Flush denormal floats to zero on the CPU while training a model that asks for it (SASRec,
     BERT4Rec: as attention sharpens, its small probabilities underflow into denormals, which x86
-    cores compute ~100x slower - a Health SASRec epoch grew from 18 s to 44 s over 14 epochs).
+    cores compute far more slowly - a Health SASRec epoch grew from 18 s to 44 s over 14 epochs).
     The flag is per thread: it covers the calling thread (autograd's CPU work) but not torch's
     intra-op worker threads, which already exist."""
     if not on or not torch.set_flush_denormal(True):
