@@ -40,7 +40,8 @@ def main() -> None:
     model = load_domain(a.run_dir).train()
     model.set_train_sequences(ds.train_sequences())
     name = params["domain"]["model"]
-    bs = int(params["domain"]["per_model"][name]["batch_size"] or params["domain"]["batch_size"])
+    bs = int(trainer.model_setting(params, name, "batch_size"))
+    d = params["domain"]
     sampler = trainer.NegativeSampler(ds.train["user"].to_numpy(), ds.train["item"].to_numpy(), ds.n_items)
     perm = np.random.default_rng(0).permutation(ds.n_users)
 
@@ -48,8 +49,9 @@ def main() -> None:
         rng = np.random.default_rng(0)
         t = time.perf_counter()
         for b in range(a.batches):
-            pos, neg = model.sequence_logits(perm[b * bs:(b + 1) * bs], rng, sampler, 1)
-            trainer.pair_loss(pos, neg, "bpr").backward()
+            # the trainer's step (train_epoch), without the optimiser
+            pos, neg = model.sequence_logits(perm[b * bs:(b + 1) * bs], rng, sampler, d["n_neg"])
+            trainer.pair_loss(pos, neg, d["loss"]).backward()
         return time.perf_counter() - t
 
     def in_fresh_thread() -> float:

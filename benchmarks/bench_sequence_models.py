@@ -23,6 +23,7 @@ import torch
 from bdlm_lib.data import load_dataset
 from bdlm_lib.domain import build_domain_model
 from bdlm_lib.domain.sequential import encode_padded
+from bdlm_lib.domain.trainer import model_setting
 from bdlm_lib.pipeline import method_params
 
 
@@ -49,7 +50,7 @@ def main() -> None:
         ds = load_dataset(p, verbose=False)
         model = build_domain_model(name, ds.n_users, ds.n_items, p, ds).train()
         model.set_train_sequences(ds.train_sequences())
-        bs = int(p["domain"]["per_model"][name]["batch_size"] or p["domain"]["batch_size"])
+        bs = int(model_setting(p, name, "batch_size"))
         perm = np.random.default_rng(0).permutation(ds.n_users)
         batches = [model.history_window(perm[s:s + bs])[:, 1:] for s in range(0, a.batches * bs, bs)]
         real = np.mean([(b > 0).float().mean().item() for b in batches])
