@@ -1,6 +1,7 @@
 """Denormal floats in a trained SASRec / BERT4Rec: training-step time with no flush, with
-`torch.set_flush_denormal(True)` on the calling thread (what `domain.trainer.denormals_flushed`
-does today), and in a fresh thread that sets the flag before its first parallel op, in one process.
+`torch.set_flush_denormal(True)` on the calling thread (the trainer before session 22), and in a
+fresh thread that sets the flag before its first parallel op (`domain.trainer.in_flushing_thread`,
+the trainer since session 22), in one process.
 
     python benchmarks/bench_denormals.py --run-dir outputs/amazon-health/cpu_more/sasrec-s42
 
@@ -14,7 +15,6 @@ One timed unit = forward + backward of `--batches` training batches of the run's
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 
 import numpy as np
@@ -54,17 +54,6 @@ def main() -> None:
             trainer.pair_loss(pos, neg, d["loss"]).backward()
         return time.perf_counter() - t
 
-    def in_fresh_thread() -> float:
-        out = []
-
-        def body():
-            torch.set_flush_denormal(True)
-            out.append(unit())
-        th = threading.Thread(target=body)
-        th.start()
-        th.join()
-        return out[0]
-
     print(f"{name} from {a.run_dir}: {a.batches} batches of {bs}, {torch.get_num_threads()} threads")
     for _ in range(a.repeats):
         torch.set_flush_denormal(False)
@@ -72,7 +61,7 @@ def main() -> None:
         torch.set_flush_denormal(True)
         caller = unit()
         torch.set_flush_denormal(False)
-        fresh = in_fresh_thread()
+        fresh = trainer.in_flushing_thread(lambda stop: unit())
         print(f"  no flush {off:.2f} s | flush on the calling thread {caller:.2f} s ({off / caller:.2f}x)"
               f" | flush in a fresh thread {fresh:.2f} s ({off / fresh:.2f}x)")
 

@@ -9,8 +9,8 @@ epoch e exactly as an uninterrupted run would — same final weights, bit for bi
 from __future__ import annotations
 
 import json
+import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -74,8 +74,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
 
-def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampler) -> float:
-    """One pass over the train split; returns the mean loss."""
+def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampler,
+                stop: threading.Event | None = None) -> float:
+    """One pass over the train split; returns the mean loss. A set `stop` ends it between batches
+    (KeyboardInterrupt: the caller's interrupt, passed on to a training thread)."""
     d = params["domain"]
     seed = _epoch_seed(params["seed"], epoch)
     rng = np.random.default_rng(seed)
@@ -89,6 +91,7 @@ def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampl
         perm = rng.permutation(len(users))
         neg = sampler.sample(users[perm], d["n_neg"], rng)
         for s in range(0, len(perm), bs):
+            _check(stop)
             idx = perm[s:s + bs]
             u = torch.from_numpy(users[idx])
             cand = torch.from_numpy(np.concatenate([items[idx, None], neg[s:s + bs]], 1))
@@ -101,6 +104,7 @@ def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampl
     else:
         perm = rng.permutation(ds.n_users)
         for s in range(0, len(perm), bs):
+            _check(stop)
             pos, neg = model.sequence_logits(perm[s:s + bs], rng, sampler, d["n_neg"])
             loss = pair_loss(pos, neg, d["loss"])
             optimizer.zero_grad(set_to_none=True)
@@ -108,6 +112,11 @@ def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampl
             optimizer.step()
             total, n = total + loss.item() * len(pos), n + len(pos)
     return total / max(n, 1)
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt
 
 
 def score_fn(model, params: Mapping):
@@ -191,27 +200,46 @@ def train_domain(model, ds, params, run_dir=None,
     at the end. `callback(epoch, record)` runs after each epoch's checkpoint (tests use it to
     simulate an interruption)."""
     # every epoch reseeds torch's global RNG (dropout); fork it so the caller's state survives
-    with torch.random.fork_rng(devices=[]), denormals_flushed(getattr(model, "flush_denormal", False)):
+    with torch.random.fork_rng(devices=[]):
+        if getattr(model, "flush_denormal", False):
+            return in_flushing_thread(lambda stop: _train(model, ds, params, run_dir, callback, stop))
         return _train(model, ds, params, run_dir, callback)
 
 
-@contextmanager
-def denormals_flushed(on: bool):
-    """Flush denormal floats to zero on the CPU while training a model that asks for it (SASRec,
-    BERT4Rec: as attention sharpens, its small probabilities underflow into denormals, which x86
-    cores compute far more slowly - a Health SASRec epoch grew from 18 s to 44 s over 14 epochs).
-    The flag is per thread: it covers the calling thread (autograd's CPU work) but not torch's
-    intra-op worker threads, which already exist."""
-    if not on or not torch.set_flush_denormal(True):
-        yield
-        return
+def in_flushing_thread(fn: Callable[[threading.Event], object]):
+    """Run `fn(stop)` in a new thread that flushes denormal floats to zero on the CPU, and return
+    its result (or raise its exception). Why: as SASRec's and BERT4Rec's attention sharpens, its
+    small probabilities underflow into denormals, which x86 cores compute far more slowly (a
+    Health SASRec epoch grew from 18 s to 44 s over 14 epochs). The flag is per thread, and
+    torch's OpenMP worker team copies its calling thread's mode when the team is created, so
+    setting it on the caller misses the caller's existing workers; a fresh thread that sets it
+    before its first parallel op gets a flushing team (benchmarks/bench_denormals.py). The
+    caller's own flag is left as it was. An interrupt of the caller sets `stop`, waits for the
+    thread to end its batch, and is raised again."""
+    out: dict = {}
+    stop = threading.Event()
+
+    def body():
+        torch.set_flush_denormal(True)           # False where the CPU cannot: runs unflushed
+        try:
+            out["value"] = fn(stop)
+        except BaseException as e:               # re-raised in the caller below
+            out["error"] = e
+
+    th = threading.Thread(target=body, name="bdlm-flush-denormal", daemon=True)
+    th.start()
     try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
+        th.join()
+    except KeyboardInterrupt:
+        stop.set()
+        th.join()
+        raise
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
-def _train(model, ds, params, run_dir, callback) -> list[dict]:
+def _train(model, ds, params, run_dir, callback, stop: threading.Event | None = None) -> list[dict]:
     d = params["domain"]
     lr = float(model_setting(params, model.name, "lr"))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=float(d["weight_decay"]))
@@ -233,7 +261,7 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
         if state["done"]:
             break
         t0 = time.perf_counter()
-        loss = train_epoch(model, ds, params, epoch, optimizer, sampler)
+        loss = train_epoch(model, ds, params, epoch, optimizer, sampler, stop)
         t_train = time.perf_counter() - t0
         rec = {"epoch": epoch, "loss": loss, "valid_hr1": None, "seconds": round(t_train, 3)}
         if (epoch + 1) % int(d["eval_every"]) == 0 or epoch == epochs - 1:
