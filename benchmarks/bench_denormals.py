@@ -1,20 +1,23 @@
-"""Denormal floats in a trained SASRec / BERT4Rec: training-step time with no flush, with
-`torch.set_flush_denormal(True)` on the calling thread (the trainer before session 22), and in a
-fresh thread that sets the flag before its first parallel op (`domain.trainer.in_flushing_thread`,
-the trainer since session 22), in one process.
+"""Denormal floats in a trained SASRec / BERT4Rec: training-step time with no flush,
+`torch.set_flush_denormal(True)` on the calling thread only (the trainer before session 22), a
+fresh thread that sets the flag before its first parallel op, and the flag set on the calling
+thread's OpenMP team (`domain.denormals.denormals_flushed`, the trainer since session 22), in one
+process.
 
     python benchmarks/bench_denormals.py --run-dir outputs/amazon-health/cpu_more/sasrec-s42
 
-Why the fresh thread: the flag is per thread. torch's OpenMP worker team is created by the first
-parallel op of a calling thread and copies that thread's floating-point mode, so the main thread's
-existing workers keep computing denormals, while a new thread that flushes first gets a flushing
-team. Fresh weights show little: the denormals appear as attention sharpens during training, so
-point `--run-dir` at a finished run (its params.yaml + model.safetensors).
-One timed unit = forward + backward of `--batches` training batches of the run's batch size.
+The flag is per thread. torch's OpenMP workers already exist and keep theirs, so the calling
+thread's flag leaves them computing denormals. A fresh thread that flushes first gets a new,
+flushing worker team, but then there are more OpenMP threads than cores and libgomp cuts its
+spin-waiting: `--fresh-weights` (no denormals yet) shows what that costs by itself. The denormals
+appear as attention sharpens during training, so point `--run-dir` at a finished run (its
+params.yaml + model.safetensors). One timed unit = forward + backward of `--batches` training
+batches of the run's batch size.
 """
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 
 import numpy as np
@@ -22,7 +25,8 @@ import torch
 import yaml
 
 from bdlm_lib.data import load_dataset
-from bdlm_lib.domain import load_domain, trainer
+from bdlm_lib.domain import build_domain_model, load_domain, trainer
+from bdlm_lib.domain.denormals import denormals_flushed
 
 
 def main() -> None:
@@ -31,15 +35,17 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--data-dir", default=None, help="overrides the run's data_dir")
+    ap.add_argument("--fresh-weights", action="store_true", help="an untrained model of the run's kind")
     a = ap.parse_args()
     with open(f"{a.run_dir}/params.yaml", encoding="utf-8") as f:
         params = yaml.safe_load(f)
     if a.data_dir:
         params["data_dir"] = a.data_dir
     ds = load_dataset(params, verbose=False)
-    model = load_domain(a.run_dir).train()
-    model.set_train_sequences(ds.train_sequences())
     name = params["domain"]["model"]
+    model = (build_domain_model(name, ds.n_users, ds.n_items, params, ds=ds) if a.fresh_weights
+             else load_domain(a.run_dir)).train()
+    model.set_train_sequences(ds.train_sequences())
     bs = int(trainer.model_setting(params, name, "batch_size"))
     d = params["domain"]
     sampler = trainer.NegativeSampler(ds.train["user"].to_numpy(), ds.train["item"].to_numpy(), ds.n_items)
@@ -54,16 +60,31 @@ def main() -> None:
             trainer.pair_loss(pos, neg, d["loss"]).backward()
         return time.perf_counter() - t
 
-    print(f"{name} from {a.run_dir}: {a.batches} batches of {bs}, {torch.get_num_threads()} threads")
+    def in_fresh_thread() -> float:
+        out = []
+
+        def body():
+            torch.set_flush_denormal(True)
+            out.append(unit())
+        th = threading.Thread(target=body)
+        th.start()
+        th.join()
+        return out[0]
+
+    print(f"{name} ({'fresh weights' if a.fresh_weights else 'trained'}) from {a.run_dir}: "
+          f"{a.batches} batches of {bs}, {torch.get_num_threads()} threads")
     for _ in range(a.repeats):
         torch.set_flush_denormal(False)
         off = unit()
         torch.set_flush_denormal(True)
         caller = unit()
         torch.set_flush_denormal(False)
-        fresh = trainer.in_flushing_thread(lambda stop: unit())
-        print(f"  no flush {off:.2f} s | flush on the calling thread {caller:.2f} s ({off / caller:.2f}x)"
-              f" | flush in a fresh thread {fresh:.2f} s ({off / fresh:.2f}x)")
+        fresh = in_fresh_thread()
+        with denormals_flushed():
+            team = unit()
+        print(f"  no flush {off:.2f} s | the calling thread's flag {caller:.2f} s ({off / caller:.2f}x)"
+              f" | a fresh flushing thread {fresh:.2f} s ({off / fresh:.2f}x)"
+              f" | the calling thread's team {team:.2f} s ({off / team:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,6 @@
 communities, and LightGCN's sparse propagation equals a dense reference."""
 from __future__ import annotations
 
-import os
-import signal
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +9,7 @@ import torch
 from bdlm_lib.data import load_dataset
 from bdlm_lib.domain import (MODELS, LightGCN, NegativeSampler, build_domain_model,
                              evaluate_domain, train_domain)
-from bdlm_lib.domain import trainer
+from bdlm_lib.domain.denormals import flushing
 from bdlm_lib.domain.lightgcn import normalized_adjacency
 from bdlm_lib.params import load_params
 
@@ -208,13 +204,14 @@ def test_gru4rec_reads_each_history_from_its_first_item():
     assert torch.isfinite(out[4]).all()      # an empty history still gives a (padding) vector
 
 
-def _flushing() -> bool:
-    # a denormal times 2 is 0 exactly when the CPU flushes denormals
-    return (torch.tensor([1e-39]) * 2).item() == 0.0
-
-
 # the smallest float32 denormal, made from its bits (a float literal would itself be flushed)
 _DENORMALS = torch.ones(1 << 20, dtype=torch.int32).view(torch.float32)
+
+
+def _zeros() -> int:
+    # with two threads the product is split between the caller and an OpenMP worker: all of it
+    # is 0 only if the worker flushes too (the caller's flag alone does not reach it)
+    return int((_DENORMALS * 2 == 0).sum())
 
 
 @pytest.mark.parametrize("name", ["sasrec", "mf"])
@@ -224,54 +221,19 @@ def test_denormals_are_flushed_while_a_transformer_trains(smoke, name):
     p, ds = smoke
     p = load_params("ml1m", "smoke", overrides={"output_dir": p.output_dir, "domain.progress": False,
                                                "domain.epochs": 1})
-    model = build_domain_model(name, ds.n_users, ds.n_items, p, ds=ds)
     seen = []
-    # with two threads the product is split between the training thread and an OpenMP worker:
-    # all of it is 0 only if the worker flushes too (the caller's flag alone does not reach it)
     n = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        _DENORMALS * 2                            # the caller's worker team exists before training
-        train_domain(model, ds, p, callback=lambda epoch, rec: seen.append(
-            (_flushing(), int((_DENORMALS * 2 == 0).sum()))))
-    finally:
-        torch.set_num_threads(n)
-    flushes = name == "sasrec"
-    assert seen == [(flushes, len(_DENORMALS) if flushes else 0)]
-    assert not _flushing()                   # the caller's setting is left as it was: off ...
-    torch.set_flush_denormal(True)
-    try:
+        assert _zeros() == 0                     # the caller's worker team exists before training
+        model = build_domain_model(name, ds.n_users, ds.n_items, p, ds=ds)
+        train_domain(model, ds, p, callback=lambda epoch, rec: seen.append((flushing(), _zeros())))
+        flushes = name == "sasrec"
+        assert seen == [(flushes, len(_DENORMALS) if flushes else 0)]
+        assert not flushing() and _zeros() == 0  # each thread's setting is back: off ...
+        torch.set_flush_denormal(True)           # ... or on, for the caller only
         train_domain(build_domain_model(name, ds.n_users, ds.n_items, p, ds=ds), ds, p)
-        assert _flushing()                   # ... or on
+        assert flushing() and _zeros() < len(_DENORMALS)
     finally:
         torch.set_flush_denormal(False)
-
-
-def test_the_flushing_thread_returns_raises_and_stops_on_an_interrupt(smoke):
-    assert trainer.in_flushing_thread(lambda stop: 7) == 7
-    with pytest.raises(ValueError, match="inside"):
-        trainer.in_flushing_thread(lambda stop: (_ for _ in ()).throw(ValueError("inside")))
-
-    # Ctrl-C reaches the waiting caller: it sets `stop`, the training thread ends its batch and
-    # raises, and no thread is left training
-    p, ds = smoke
-    p = load_params("ml1m", "smoke", overrides={"output_dir": p.output_dir, "domain.progress": False})
-    model = build_domain_model("sasrec", ds.n_users, ds.n_items, p, ds=ds)
-    model.set_train_sequences(ds.train_sequences())
-    opt = torch.optim.Adam(model.parameters())
-    sampler = NegativeSampler(ds.train["user"].to_numpy(), ds.train["item"].to_numpy(), ds.n_items)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    epochs = []
-
-    def fn(stop):
-        for epoch in range(1000):
-            if epoch == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-            trainer.train_epoch(model, ds, p, epoch, opt, sampler, stop)
-            epochs.append(epoch)
-
-    with pytest.raises(KeyboardInterrupt):
-        trainer.in_flushing_thread(fn)
-    assert epochs == [0]
-    assert not [t for t in threading.enumerate() if t.name == "bdlm-flush-denormal" and t.is_alive()]
-    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        torch.set_num_threads(n)

@@ -82,7 +82,7 @@ class _Transformer(nn.Module):
 class SASRec(SequenceModel):
     name = "sasrec"
     causal = True
-    flush_denormal = True          # the trainer flushes denormals (domain/trainer.py: why)
+    flush_denormal = True          # the trainer flushes denormals (domain/denormals.py: why)
 
     def __init__(self, n_users, n_items, dim, sequences=None, max_seq_len=50, n_layers=2,
                  n_heads=2, dropout=0.1, extra_tokens=0):

@@ -9,7 +9,6 @@ epoch e exactly as an uninterrupted run would — same final weights, bit for bi
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..metrics import evaluate, topk_metrics
 from ..runs import atomic_write_bytes
+from .denormals import denormals_flushed
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -74,10 +74,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
 
-def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampler,
-                stop: threading.Event | None = None) -> float:
-    """One pass over the train split; returns the mean loss. A set `stop` ends it between batches
-    (KeyboardInterrupt: the caller's interrupt, passed on to a training thread)."""
+def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampler) -> float:
+    """One pass over the train split; returns the mean loss."""
     d = params["domain"]
     seed = _epoch_seed(params["seed"], epoch)
     rng = np.random.default_rng(seed)
@@ -91,7 +89,6 @@ def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampl
         perm = rng.permutation(len(users))
         neg = sampler.sample(users[perm], d["n_neg"], rng)
         for s in range(0, len(perm), bs):
-            _check(stop)
             idx = perm[s:s + bs]
             u = torch.from_numpy(users[idx])
             cand = torch.from_numpy(np.concatenate([items[idx, None], neg[s:s + bs]], 1))
@@ -104,7 +101,6 @@ def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampl
     else:
         perm = rng.permutation(ds.n_users)
         for s in range(0, len(perm), bs):
-            _check(stop)
             pos, neg = model.sequence_logits(perm[s:s + bs], rng, sampler, d["n_neg"])
             loss = pair_loss(pos, neg, d["loss"])
             optimizer.zero_grad(set_to_none=True)
@@ -112,11 +108,6 @@ def train_epoch(model, ds, params, epoch: int, optimizer, sampler: NegativeSampl
             optimizer.step()
             total, n = total + loss.item() * len(pos), n + len(pos)
     return total / max(n, 1)
-
-
-def _check(stop: threading.Event | None) -> None:
-    if stop is not None and stop.is_set():
-        raise KeyboardInterrupt
 
 
 def score_fn(model, params: Mapping):
@@ -199,47 +190,13 @@ def train_domain(model, ds, params, run_dir=None,
     every epoch and an existing one is resumed. The best weights (validation HR@1) are restored
     at the end. `callback(epoch, record)` runs after each epoch's checkpoint (tests use it to
     simulate an interruption)."""
-    # every epoch reseeds torch's global RNG (dropout); fork it so the caller's state survives
-    with torch.random.fork_rng(devices=[]):
-        if getattr(model, "flush_denormal", False):
-            return in_flushing_thread(lambda stop: _train(model, ds, params, run_dir, callback, stop))
+    # every epoch reseeds torch's global RNG (dropout); fork it so the caller's state survives.
+    # SASRec / BERT4Rec ask for denormals flushed (domain/denormals.py: why)
+    with torch.random.fork_rng(devices=[]), denormals_flushed(getattr(model, "flush_denormal", False)):
         return _train(model, ds, params, run_dir, callback)
 
 
-def in_flushing_thread(fn: Callable[[threading.Event], object]):
-    """Run `fn(stop)` in a new thread that flushes denormal floats to zero on the CPU, and return
-    its result (or raise its exception). Why: as SASRec's and BERT4Rec's attention sharpens, its
-    small probabilities underflow into denormals, which x86 cores compute far more slowly (a
-    Health SASRec epoch grew from 18 s to 44 s over 14 epochs). The flag is per thread, and
-    torch's OpenMP worker team copies its calling thread's mode when the team is created, so
-    setting it on the caller misses the caller's existing workers; a fresh thread that sets it
-    before its first parallel op gets a flushing team (benchmarks/bench_denormals.py). The
-    caller's own flag is left as it was. An interrupt of the caller sets `stop`, waits for the
-    thread to end its batch, and is raised again."""
-    out: dict = {}
-    stop = threading.Event()
-
-    def body():
-        torch.set_flush_denormal(True)           # False where the CPU cannot: runs unflushed
-        try:
-            out["value"] = fn(stop)
-        except BaseException as e:               # re-raised in the caller below
-            out["error"] = e
-
-    th = threading.Thread(target=body, name="bdlm-flush-denormal", daemon=True)
-    th.start()
-    try:
-        th.join()
-    except KeyboardInterrupt:
-        stop.set()
-        th.join()
-        raise
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
-
-
-def _train(model, ds, params, run_dir, callback, stop: threading.Event | None = None) -> list[dict]:
+def _train(model, ds, params, run_dir, callback) -> list[dict]:
     d = params["domain"]
     lr = float(model_setting(params, model.name, "lr"))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=float(d["weight_decay"]))
@@ -261,7 +218,7 @@ def _train(model, ds, params, run_dir, callback, stop: threading.Event | None = 
         if state["done"]:
             break
         t0 = time.perf_counter()
-        loss = train_epoch(model, ds, params, epoch, optimizer, sampler, stop)
+        loss = train_epoch(model, ds, params, epoch, optimizer, sampler)
         t_train = time.perf_counter() - t0
         rec = {"epoch": epoch, "loss": loss, "valid_hr1": None, "seconds": round(t_train, 3)}
         if (epoch + 1) % int(d["eval_every"]) == 0 or epoch == epochs - 1:
