@@ -9,7 +9,7 @@ flushing worker team, but a second team means more OpenMP threads than cores. li
 its spin-waiting, which made every epoch 17% slower from the start. So `denormals_flushed` sets
 the flag on the calling thread's existing team instead: it opens one OpenMP parallel region through
 libgomp's own entry point, whose body (a ctypes callback) sets each thread's flag. On the way out
-each thread gets back the setting it had. benchmarks/bench_denormals.py times the three ways.
+each thread gets back the setting it had. benchmarks/bench_denormals.py times each way.
 """
 from __future__ import annotations
 
