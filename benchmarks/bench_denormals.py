@@ -8,8 +8,8 @@ process.
 
 The flag is per thread. torch's OpenMP workers already exist and keep theirs, so the calling
 thread's flag leaves them computing denormals. A fresh thread that flushes first gets a new,
-flushing worker team, but then there are more OpenMP threads than cores and libgomp cuts its
-spin-waiting: `--fresh-weights` (no denormals yet) shows what that costs by itself. The denormals
+flushing worker team, but then there are more OpenMP threads than cores and libgomp seems to cut
+its spin-waiting: `--fresh-weights` (no denormals yet) shows what that costs by itself. The denormals
 appear as attention sharpens during training, so point `--run-dir` at a finished run (its
 params.yaml + model.safetensors). One timed unit = forward + backward of `--batches` training
 batches of the run's batch size.

@@ -5,8 +5,9 @@ underflow into denormals, which x86 cores compute far more slowly (a Health SASR
 18 s to 44 s over 14 epochs). `torch.set_flush_denormal` sets the flag of the calling thread only.
 torch's OpenMP worker threads already exist and keep their own flag, so with it alone the epochs
 still grew to 29 s. Training in a fresh thread that sets the flag first would give that thread a
-flushing worker team, but a second team means more OpenMP threads than cores. libgomp then cuts
-its spin-waiting, which made every epoch 17% slower from the start. So `denormals_flushed` sets
+flushing worker team, but a second team means more OpenMP threads than cores, and every epoch
+was 17% slower from the start (libgomp cutting its spin-waiting, it seems: with
+OMP_WAIT_POLICY=PASSIVE the main thread was as slow). So `denormals_flushed` sets
 the flag on the calling thread's existing team instead: it opens one OpenMP parallel region through
 libgomp's own entry point, whose body (a ctypes callback) sets each thread's flag. On the way out
 each thread gets back the setting it had. benchmarks/bench_denormals.py times each way.
@@ -55,12 +56,11 @@ def on_each_thread(fn: Callable[[], object]) -> dict[int, object]:
     (the team torch's parallel ops use: libgomp keeps one pool per calling thread). Returns
     {native thread id: result}. Without GNU OpenMP it runs on the caller only."""
     out: dict[int, object] = {}
-    lock = threading.Lock()
 
     def body(_):
-        r = fn()                                   # exceptions would be lost in a callback: fn must not raise
-        with lock:
-            out[threading.get_native_id()] = r
+        # each thread holds the GIL here (ctypes takes it for the callback), so no lock is needed;
+        # exceptions would be lost in a callback: fn must not raise
+        out[threading.get_native_id()] = fn()
 
     lib = _libgomp()
     if lib is None:
