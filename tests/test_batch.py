@@ -227,6 +227,14 @@ def test_repo_batch_files_expand(name, tmp_path):
             wide, base = json.loads(json.dumps(r.params)), json.loads(json.dumps(main[r.method]))
             assert wide["eval"].pop("topk_users") > base["eval"].pop("topk_users")
             assert wide == base, r.run_id
+    elif name.startswith("cpu_seeds_"):  # other seeds of the main comparison, for pooled paired tests
+        assert {"lightgcn", "lightgcn_ft", "bdlm"} <= methods and 42 not in {r.seed for r in batch.runs}
+        seed42 = {r.method: r.params for prefix in ("cpu_", "cpu_more_")
+                  for r in expand_repo_batch(name.replace("cpu_seeds_", prefix), tmp_path)[1].runs if r.scope == "run"}
+        for r in (r for r in batch.runs if r.scope == "run"):   # seed 42's runs but for the seed
+            other, base = json.loads(json.dumps(r.params)), json.loads(json.dumps(seed42[r.method]))
+            assert other.pop("seed") != base.pop("seed")
+            assert other == base, r.run_id
     elif name.startswith("cpu_ncf_"):  # Table 4 beside the cpu batches
         assert {r.method for r in batch.runs if r.scope == "run"} == {"ncf", "ncf_ft", "bdlm_ncf"}
         assert all(r.params["domain"]["model"] == "ncf" for r in batch.runs if r.scope == "run")

@@ -211,3 +211,52 @@ def test_table1_lists_the_data_samples_the_reported_runs_used(outputs, tmp_path)
     build_report(out, n_boot=50)
     t1 = pd.read_csv(out / "report" / "table1.csv")
     assert list(t1["data"]) == [tag] and t1.loc[0, "#users"] == ds.n_users
+
+
+def test_paired_tests_pool_the_seeds_both_rows_have(outputs, tmp_path):
+    """Seed 43 draws its own users and candidates: the report averages each row over its seeds and
+    pools the paired test over the seeds both rows have (wins and losses summed, Δ averaged)."""
+    import shutil
+
+    from scipy.stats import binomtest
+    src, _ = outputs
+    out = tmp_path / "o"
+    t = out / "ml1m" / "t"
+    for run in ("lightgcn-s42", "lightgcn_ft-s42", "bdlm-lam0.1-s42"):
+        shutil.copytree(src / "ml1m" / "t" / run, t / run)
+    ds43 = load_dataset(load_params("ml1m", "smoke", {"output_dir": str(out), "seed": 43}), verbose=False)
+    for run_id, method, sides, lam in (("lightgcn-s43", "lightgcn", {"main": 1.0}, None),
+                                       ("bdlm-lam0.1-s43", "bdlm", {"llm": 2.0, "drs": 2.5}, 0.1)):
+        metrics, preds = {}, []
+        for side, strength in sides.items():
+            m, p = evaluate(scorer(strength, 7 + len(side)), ds43, max_users=40, return_predictions=True)
+            metrics[side], preds = m, preds + [p.assign(side=side)]
+        write_json(t / run_id / "run.json", {"method": method, "lambda_ml": lam, "seed": 43, "preset": "smoke"})
+        write_json(t / run_id / "metrics.json", metrics["main"] if "main" in metrics else {**metrics["drs"], **metrics})
+        pd.concat(preds).to_parquet(t / run_id / "predictions.parquet")
+
+    build_report(out, n_boot=200)
+    runs = collect_runs(out).set_index(["run_id", "side"])
+    table = lambda run_id, side: per_user(pd.read_parquet(t / run_id / "predictions.parquet").query("side == @side"),
+                                          runs.loc[(run_id, side), "threshold"])   # noqa: E731
+    per_seed = [paired_test(table(f"bdlm-lam0.1-s{s}", "drs"), table(f"lightgcn-s{s}", "main"), n_boot=50)
+                for s in (42, 43)]
+    sig = pd.read_csv(out / "report" / "significance.csv")
+    hr = sig[sig["metric"] == "HR@1"].set_index(["BDLM", "best baseline"])
+    pooled = hr.loc[("BDLM-drs", "LightGCN")]
+    wins, losses = (sum(p["HR@1"][k] for p in per_seed) for k in ("wins", "losses"))
+    assert pooled["n_seeds"] == 2 and pooled["n_users"] == 80 and (pooled["wins"], pooled["losses"]) == (wins, losses)
+    assert pooled["p (McNemar exact)"] == pytest.approx(binomtest(wins, wins + losses, 0.5).pvalue)
+    assert pooled["delta"] == pytest.approx(np.mean([p["HR@1"]["delta"] for p in per_seed]))
+    assert pooled["delta lo"] <= pooled["delta"] <= pooled["delta hi"]
+    # the seeds are different draws: seed 43's users and candidates are not seed 42's
+    assert per_seed[1]["HR@1"] != per_seed[0]["HR@1"]
+    s = pd.read_csv(out / "report" / "summary.csv").set_index("label")
+    assert s.loc["BDLM-drs", "n_seeds"] == 2 and s.loc["LightGCN-FT", "n_seeds"] == 1
+    # the control exists at seed 42 only: its test is that seed's alone
+    ctrl = hr.loc[("BDLM-drs", "LightGCN-FT")]
+    assert ctrl["n_seeds"] == 1 and ctrl["n_users"] == 40
+    alone = paired_test({42: table("bdlm-lam0.1-s42", "drs")}, {42: table("lightgcn_ft-s42", "main"), 43: None})
+    assert (ctrl["wins"], ctrl["losses"]) == (alone["HR@1"]["wins"], alone["HR@1"]["losses"])
+    with pytest.raises(ValueError, match="no seed in common"):
+        paired_test({42: table("lightgcn-s42", "main")}, {43: table("lightgcn-s43", "main")})

@@ -10,7 +10,10 @@ Uncertainty: every HR@k / F1 gets a 95% percentile bootstrap CI by resampling *u
 candidates / binary pairs move together); with several seeds, users are resampled within each seed
 and the seeds' statistics averaged. Significance: BDLM against the best baseline on the same users —
 exact McNemar test (two-sided binomial on the discordant users) on per-user HR@1 / HR@2 hits, and a
-paired bootstrap CI of the difference (HR@1, HR@2, F1).
+paired bootstrap CI of the difference (HR@1, HR@2, F1). With several seeds the test runs on the seeds
+both rows have: wins and losses are summed over them (a stratified exact McNemar test: each seed's
+users, candidates and models are their own draw), the difference is the mean of the seeds'
+differences and its CI resamples users within each seed.
 """
 from __future__ import annotations
 
@@ -160,27 +163,41 @@ def _ci(reps: np.ndarray, alpha: float) -> np.ndarray:
     return np.quantile(reps, [alpha / 2, 1 - alpha / 2], axis=0)  # [2, k]
 
 
-def paired_test(a: pd.DataFrame, b: pd.DataFrame, n_boot: int = 1000, alpha: float = 0.05,
-                seed: int = 0) -> dict:
-    """a vs b on their common users: exact McNemar p on HR@1/HR@2 hits; paired bootstrap CI of Δ."""
+def paired_test(a, b, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """a vs b on their common users: exact McNemar p on HR@1/HR@2 hits; paired bootstrap CI of Δ.
+
+    a and b are per-user tables (`per_user`), or dicts seed -> table: then the seeds both have are
+    strata — wins and losses summed over them, Δ the mean of the seeds' Δ, users resampled within
+    each seed (`n_seeds` says how many were used)."""
     from scipy.stats import binomtest
-    users = a.index.intersection(b.index)
-    a, b = a.loc[users], b.loc[users]
-    out: dict = {"n_users": int(len(users)),
-                 # F1 is over the users both scored on the binary task (a nested subset when
-                 # eval.topk_users > max_users); the others add zeros to its counts
-                 "F1": {"n_users": int(((a["n_binary"] > 0) & (b["n_binary"] > 0)).sum())}}
-    for k, col in ((1, "hit1"), (2, "hit2")):
-        win = int(((a[col] == 1) & (b[col] == 0)).sum())
-        loss = int(((a[col] == 0) & (b[col] == 1)).sum())
-        out[f"HR@{k}"] = {"wins": win, "losses": loss,
-                          "p_mcnemar": float(binomtest(win, win + loss, 0.5).pvalue) if win + loss else 1.0}
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)), size=n_boot).astype(float)
+    a_by, b_by = (x if isinstance(x, dict) else {None: x} for x in (a, b))
+    seeds = [s for s in a_by if s in b_by]
+    if not seeds:
+        raise ValueError("paired_test: the two rows have no seed in common")
     cols = ["hit1", "hit2", "tp", "fp", "fn"]
-    d = _stats(w @ a[cols].to_numpy(), len(users)) - _stats(w @ b[cols].to_numpy(), len(users))
-    lo, hi = _ci(d, alpha)
-    point = (_stats(a[cols].to_numpy().sum(0), len(users)) - _stats(b[cols].to_numpy().sum(0), len(users)))
+    rng = np.random.default_rng(seed)
+    out: dict = {"n_users": 0, "n_seeds": len(seeds), "F1": {"n_users": 0},
+                 "HR@1": {"wins": 0, "losses": 0}, "HR@2": {"wins": 0, "losses": 0}}
+    deltas, points = [], []
+    for s in seeds:
+        users = a_by[s].index.intersection(b_by[s].index)
+        x, y = a_by[s].loc[users], b_by[s].loc[users]
+        out["n_users"] += int(len(users))
+        # F1 is over the users both scored on the binary task (a nested subset when
+        # eval.topk_users > max_users); the others add zeros to its counts
+        out["F1"]["n_users"] += int(((x["n_binary"] > 0) & (y["n_binary"] > 0)).sum())
+        for k, col in ((1, "hit1"), (2, "hit2")):
+            out[f"HR@{k}"]["wins"] += int(((x[col] == 1) & (y[col] == 0)).sum())
+            out[f"HR@{k}"]["losses"] += int(((x[col] == 0) & (y[col] == 1)).sum())
+        w = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)), size=n_boot).astype(float)
+        deltas.append(_stats(w @ x[cols].to_numpy(), len(users)) - _stats(w @ y[cols].to_numpy(), len(users)))
+        points.append(_stats(x[cols].to_numpy().sum(0), len(users)) - _stats(y[cols].to_numpy().sum(0), len(users)))
+    for k in (1, 2):
+        t = out[f"HR@{k}"]
+        n = t["wins"] + t["losses"]
+        t["p_mcnemar"] = float(binomtest(t["wins"], n, 0.5).pvalue) if n else 1.0
+    lo, hi = _ci(np.mean(deltas, axis=0), alpha)
+    point = np.mean(points, axis=0)
     for j, m in enumerate(CI_METRICS):
         out.setdefault(m, {}).update({"delta": float(point[j]), "ci": [float(lo[j]), float(hi[j])]})
     return out
@@ -234,7 +251,7 @@ def summarise(chosen: pd.DataFrame, n_boot: int, alpha: float) -> tuple[pd.DataF
             lo, hi = _ci(bootstrap_stats(per, n_boot), alpha)
             for j, m in enumerate(CI_METRICS):
                 row[f"{m} lo"], row[f"{m} hi"] = float(lo[j]), float(hi[j])
-            tables[(ds, label)] = per[0] if len(per) == 1 else None  # paired tests: one seed only
+            tables[(ds, label)] = dict(zip(g["seed"], per))   # seed -> per-user table, for the paired tests
         rows.append(row)
     return pd.DataFrame(rows), tables
 
@@ -316,7 +333,7 @@ def significance(summary: pd.DataFrame, tables: dict, which: dict, n_boot: int, 
             t = paired_test(a, b, n_boot, alpha)
             for m in CI_METRICS:
                 rows.append({"dataset": ds, "comparison": what, "BDLM": ours, "best baseline": base, "metric": m,
-                             "n_users": t[m].get("n_users", t["n_users"]),
+                             "n_seeds": t["n_seeds"], "n_users": t[m].get("n_users", t["n_users"]),
                              "delta": t[m]["delta"], "delta lo": t[m]["ci"][0], "delta hi": t[m]["ci"][1],
                              "wins": t.get(m, {}).get("wins"), "losses": t.get(m, {}).get("losses"),
                              "p (McNemar exact)": t.get(m, {}).get("p_mcnemar")})
@@ -469,7 +486,8 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
         ("Table 4 - BDLM with NCF as the domain model", t4, True),
         ("Significance - BDLM vs the best baseline on the same users, and each BDLM-drs vs its domain model "
          "and vs the control (-FT: that model fine-tuned on the same prompt candidates without the LLM) "
-         "(exact McNemar on per-user hits; paired bootstrap CI of the difference)", sig, False),
+         "(exact McNemar on per-user hits; paired bootstrap CI of the difference; with several seeds, "
+         "wins and losses summed over the seeds both rows have, the difference averaged over them)", sig, False),
     ]
     which_preset = f"preset {preset}" if preset else "per dataset its largest preset"
     head = (f"From `{output_dir}`: {len(runs)} stored run sides; {which_preset}; joint runs at λ nearest {lam:g}; "
