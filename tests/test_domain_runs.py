@@ -123,6 +123,24 @@ def test_checkpoint_from_other_params_is_refused(smoke, tmp_path):
         train_domain(build_domain_model("mf", ds.n_users, ds.n_items, q2, ds=ds), ds, q2, tmp_path)
 
 
+def test_early_stopping_waits_for_min_epochs(smoke):
+    """With lr 0 validation HR@1 never improves after epoch 0: patience 1 stops after epoch 1,
+    unless min_epochs holds it; a pretrained run made before the key existed reads as min_epochs 0."""
+    from bdlm_lib.joint.run import _model_keys
+    p, ds = smoke
+    runs = {}
+    for floor in (0, 4):
+        q = with_model(p, "mf", **{"domain.epochs": 6, "domain.patience": 1, "domain.lr": 0.0,
+                                   "domain.min_epochs": floor})
+        hist = train_domain(build_domain_model("mf", ds.n_users, ds.n_items, q, ds=ds), ds, q)
+        assert len({h["valid_hr1"] for h in hist}) == 1       # nothing learned: a flat validation
+        runs[floor] = [h["epoch"] for h in hist]
+    assert runs == {0: [0, 1], 4: [0, 1, 2, 3]}
+    old = {k: v for k, v in p.domain.items() if k != "min_epochs"}
+    assert _model_keys(old) == _model_keys(p.domain) and p.domain.min_epochs == 0
+    assert _model_keys(old) != _model_keys({**p.domain, "min_epochs": 10})
+
+
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "mf"])
 def test_same_seed_same_weights(smoke, name):
     p, ds = smoke

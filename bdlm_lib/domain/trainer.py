@@ -1,5 +1,6 @@
 """One trainer for every domain model: BPR or BCE over negatives resampled each epoch from the
-train split, Adam, early stopping on validation HR@1, and resumable safetensors checkpoints.
+train split, Adam, early stopping on validation HR@1 (`patience` evaluations without a new best, not
+before `min_epochs`), and resumable safetensors checkpoints.
 
 Determinism and resume: nothing random carries over from one epoch to the next. Epoch e draws
 its shuffling, negatives, cloze masks and dropout from generators seeded with (seed, e), so a run
@@ -135,8 +136,11 @@ def evaluate_domain(model, ds, params, split: str = "test", return_predictions: 
 # whatever they are: joint.run.pretrained_domain)
 RUNTIME_KEYS = frozenset({"progress", "eval_batch_size", "device"})
 # keys that may change between an interrupted run and its resumption (they do not change what
-# each epoch computes): the runtime keys, more epochs, other patience
-_RESUMABLE = RUNTIME_KEYS | {"epochs", "patience"}
+# each epoch computes): the runtime keys, more epochs, other patience or floor
+_RESUMABLE = RUNTIME_KEYS | {"epochs", "patience", "min_epochs"}
+# domain keys added after runs were stored, with the value that reproduces those runs (a saved
+# params.yaml without the key was trained that way: joint.run.pretrained_domain reads it so)
+LATER_DEFAULTS = {"min_epochs": 0}
 
 
 def _fingerprint(model, params) -> str:
@@ -230,7 +234,10 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 state["bad_evals"] += 1
-                state["done"] = state["bad_evals"] >= int(d["patience"])
+                # no stop before min_epochs: LightGCN's validation HR@1 dips for its first epochs
+                # while BPR still falls fast, and patience alone stopped one seed at epoch 7
+                state["done"] = (state["bad_evals"] >= int(d["patience"])
+                                 and epoch + 1 >= int(d.get("min_epochs") or 0))
         state["epoch"] = epoch
         state["history"].append(rec)
         bar.set_postfix(loss=f"{loss:.4f}", hr1=rec["valid_hr1"])
