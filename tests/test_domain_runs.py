@@ -124,19 +124,24 @@ def test_checkpoint_from_other_params_is_refused(smoke, tmp_path):
 
 
 def test_early_stopping_waits_for_min_epochs(smoke):
-    """With lr 0 validation HR@1 never improves after epoch 0: patience 1 stops after epoch 1,
-    unless min_epochs holds it; a pretrained run made before the key existed reads as min_epochs 0."""
+    """With lr 0 validation HR@1 never improves after epoch 0: patience 1 stops after epoch 1; with
+    min_epochs 3 (domain-wide, or for this model only) the first 3 epochs' evaluations do not count,
+    so patience 2 stops after epoch 4. Another model's floor does not apply. A pretrained run made
+    before the key existed reads as min_epochs 0 (and null per model)."""
     from bdlm_lib.joint.run import _model_keys
     p, ds = smoke
     runs = {}
-    for floor in (0, 4):
-        q = with_model(p, "mf", **{"domain.epochs": 6, "domain.patience": 1, "domain.lr": 0.0,
-                                   "domain.min_epochs": floor})
+    for case, over in (("none", {"domain.patience": 1}),
+                       ("wide", {"domain.patience": 2, "domain.min_epochs": 3}),
+                       ("mf", {"domain.patience": 2, "domain.per_model.mf.min_epochs": 3}),
+                       ("other", {"domain.patience": 1, "domain.per_model.lightgcn.min_epochs": 3})):
+        q = with_model(p, "mf", **{"domain.epochs": 8, "domain.lr": 0.0, **over})
         hist = train_domain(build_domain_model("mf", ds.n_users, ds.n_items, q, ds=ds), ds, q)
         assert len({h["valid_hr1"] for h in hist}) == 1       # nothing learned: a flat validation
-        runs[floor] = [h["epoch"] for h in hist]
-    assert runs == {0: [0, 1], 4: [0, 1, 2, 3]}
+        runs[case] = [h["epoch"] for h in hist]
+    assert runs == {"none": [0, 1], "wide": [0, 1, 2, 3, 4], "mf": [0, 1, 2, 3, 4], "other": [0, 1]}
     old = {k: v for k, v in p.domain.items() if k != "min_epochs"}
+    old["per_model"] = {m: {k: v for k, v in e.items() if k != "min_epochs"} for m, e in old["per_model"].items()}
     assert _model_keys(old) == _model_keys(p.domain) and p.domain.min_epochs == 0
     assert _model_keys(old) != _model_keys({**p.domain, "min_epochs": 10})
 

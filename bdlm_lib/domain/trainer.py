@@ -1,6 +1,6 @@
 """One trainer for every domain model: BPR or BCE over negatives resampled each epoch from the
-train split, Adam, early stopping on validation HR@1 (`patience` evaluations without a new best, not
-before `min_epochs`), and resumable safetensors checkpoints.
+train split, Adam, early stopping on validation HR@1 (`patience` evaluations without a new best,
+counted after the first `min_epochs` epochs), and resumable safetensors checkpoints.
 
 Determinism and resume: nothing random carries over from one epoch to the next. Epoch e draws
 its shuffling, negatives, cloze masks and dropout from generators seeded with (seed, e), so a run
@@ -139,12 +139,24 @@ RUNTIME_KEYS = frozenset({"progress", "eval_batch_size", "device"})
 # each epoch computes): the runtime keys, more epochs, other patience or floor
 _RESUMABLE = RUNTIME_KEYS | {"epochs", "patience", "min_epochs"}
 # domain keys added after runs were stored, with the value that reproduces those runs (a saved
-# params.yaml without the key was trained that way: joint.run.pretrained_domain reads it so)
+# params.yaml without the key was trained that way: joint.run.pretrained_domain reads it so), at
+# the top level and in each per_model entry
 LATER_DEFAULTS = {"min_epochs": 0}
+LATER_PER_MODEL = {"min_epochs": None}
+
+
+def with_later_defaults(domain: Mapping) -> dict:
+    """`domain` with the keys added later filled in as the runs stored before them were made."""
+    dom = {**LATER_DEFAULTS, **dict(domain or {})}
+    if isinstance(dom.get("per_model"), Mapping):
+        dom["per_model"] = {m: {**LATER_PER_MODEL, **dict(v or {})} for m, v in dom["per_model"].items()}
+    return dom
 
 
 def _fingerprint(model, params) -> str:
-    dom = {k: v for k, v in params["domain"].items() if k not in _RESUMABLE}
+    dom = with_later_defaults(params["domain"])
+    per = {m: {k: v for k, v in e.items() if k not in _RESUMABLE} for m, e in (dom.get("per_model") or {}).items()}
+    dom = {**{k: v for k, v in dom.items() if k not in _RESUMABLE}, "per_model": per}
     return json.dumps({"model": model.name, "seed": params["seed"], "domain": dom,
                        "n_users": model.n_users, "n_items": model.n_items}, sort_keys=True, default=str)
 
@@ -216,6 +228,7 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
         best_state, state = load_checkpoint(ckpt, model, optimizer, fp)
 
     epochs = int(d["epochs"])
+    min_epochs = int(model_setting(params, model.name, "min_epochs") or 0)
     bar = tqdm(range(state["epoch"] + 1, epochs), initial=state["epoch"] + 1, total=epochs,
                desc=f"{model.name}", disable=not d.get("progress", True), leave=False)
     for epoch in bar:
@@ -232,12 +245,12 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
             if hr > state["best_hr1"]:
                 state.update(best_hr1=hr, best_epoch=epoch, bad_evals=0)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                state["bad_evals"] += 1
-                # no stop before min_epochs: LightGCN's validation HR@1 dips for its first epochs
+            elif epoch + 1 > min_epochs:
+                # evaluations in the first min_epochs epochs do not count against patience (as
+                # Keras' start_from_epoch): LightGCN's validation HR@1 dips over its first epochs
                 # while BPR still falls fast, and patience alone stopped one seed at epoch 7
-                state["done"] = (state["bad_evals"] >= int(d["patience"])
-                                 and epoch + 1 >= int(d.get("min_epochs") or 0))
+                state["bad_evals"] += 1
+                state["done"] = state["bad_evals"] >= int(d["patience"])
         state["epoch"] = epoch
         state["history"].append(rec)
         bar.set_postfix(loss=f"{loss:.4f}", hr1=rec["valid_hr1"])

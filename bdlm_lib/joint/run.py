@@ -76,8 +76,8 @@ def same_data(saved: Mapping, params: Mapping) -> bool:
 
 
 def _model_keys(domain) -> dict:
-    from ..domain.trainer import LATER_DEFAULTS, RUNTIME_KEYS
-    return {k: v for k, v in {**LATER_DEFAULTS, **dict(domain or {})}.items() if k not in RUNTIME_KEYS}
+    from ..domain.trainer import RUNTIME_KEYS, with_later_defaults
+    return {k: v for k, v in with_later_defaults(domain).items() if k not in RUNTIME_KEYS}
 
 
 def pretrained_domain(params: Mapping, ds, domain_run=None):
