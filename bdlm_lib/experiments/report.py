@@ -11,9 +11,10 @@ candidates / binary pairs move together); with several seeds, users are resample
 and the seeds' statistics averaged. Significance: BDLM against the best baseline on the same users —
 exact McNemar test (two-sided binomial on the discordant users) on per-user HR@1 / HR@2 hits, and a
 paired bootstrap CI of the difference (HR@1, HR@2, F1). With several seeds the test runs on the seeds
-both rows have: wins and losses are summed over them (a stratified exact McNemar test: each seed's
-users, candidates and models are their own draw), the difference is the mean of the seeds'
-differences and its CI resamples users within each seed.
+both rows have: wins and losses are summed over them (a stratified exact McNemar test: each seed
+draws its own evaluated users, candidates and training randomness; a user that two seeds both draw
+counts in both), the difference is the mean of the seeds' differences and its CI resamples users
+within each seed.
 """
 from __future__ import annotations
 
