@@ -154,9 +154,11 @@ def with_later_defaults(domain: Mapping) -> dict:
 
 
 def _fingerprint(model, params) -> str:
-    dom = with_later_defaults(params["domain"])
-    per = {m: {k: v for k, v in e.items() if k not in _RESUMABLE} for m, e in (dom.get("per_model") or {}).items()}
-    dom = {**{k: v for k, v in dom.items() if k not in _RESUMABLE}, "per_model": per}
+    # the resumable keys are left out at both levels (per_model holds min_epochs too), which also
+    # makes a checkpoint from before a later key match
+    keep = lambda m: {k: v for k, v in dict(m or {}).items() if k not in _RESUMABLE}   # noqa: E731
+    dom = keep(params["domain"])
+    dom["per_model"] = {m: keep(e) for m, e in (dom.get("per_model") or {}).items()}
     return json.dumps({"model": model.name, "seed": params["seed"], "domain": dom,
                        "n_users": model.n_users, "n_items": model.n_items}, sort_keys=True, default=str)
 
