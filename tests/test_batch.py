@@ -199,6 +199,15 @@ def test_failed_run_is_recorded_and_others_complete(tmp_path):
                                                                  "ncf-s3": "done"}
 
 
+def split_off(params, *path):
+    """(a plain copy of params without the key at `path`, that key's value)."""
+    plain = json.loads(json.dumps(params))
+    parent = plain
+    for k in path[:-1]:
+        parent = parent[k]
+    return plain, parent.pop(path[-1])
+
+
 def expand_repo_batch(name: str, tmp_path: Path):
     """(spec, Batch) of a shipped batch file, expanded over stub notebooks (the real ones may not
     exist yet)."""
@@ -224,16 +233,16 @@ def test_repo_batch_files_expand(name, tmp_path):
         main = {r.method: r.params for r in expand_repo_batch(name.replace("cpu_wide_", "cpu_"), tmp_path)[1].runs
                 if r.scope == "run"}
         for r in (r for r in batch.runs if r.scope == "run"):   # the main batch's runs but for eval.topk_users
-            wide, base = json.loads(json.dumps(r.params)), json.loads(json.dumps(main[r.method]))
-            assert wide["eval"].pop("topk_users") > base["eval"].pop("topk_users")
+            (wide, more), (base, fewer) = (split_off(x, "eval", "topk_users") for x in (r.params, main[r.method]))
+            assert more > fewer
             assert wide == base, r.run_id
     elif name.startswith("cpu_seeds_"):  # other seeds of the main comparison, for pooled paired tests
         assert {"lightgcn", "lightgcn_ft", "bdlm"} <= methods and 42 not in {r.seed for r in batch.runs}
         seed42 = {r.method: r.params for prefix in ("cpu_", "cpu_more_")
                   for r in expand_repo_batch(name.replace("cpu_seeds_", prefix), tmp_path)[1].runs if r.scope == "run"}
         for r in (r for r in batch.runs if r.scope == "run"):   # seed 42's runs but for the seed
-            other, base = json.loads(json.dumps(r.params)), json.loads(json.dumps(seed42[r.method]))
-            assert other.pop("seed") != base.pop("seed")
+            (other, seed), (base, s42) = (split_off(x, "seed") for x in (r.params, seed42[r.method]))
+            assert seed != s42
             assert other == base, r.run_id
     elif name.startswith("cpu_ncf_"):  # Table 4 beside the cpu batches
         assert {r.method for r in batch.runs if r.scope == "run"} == {"ncf", "ncf_ft", "bdlm_ncf"}
