@@ -125,9 +125,9 @@ def test_checkpoint_from_other_params_is_refused(smoke, tmp_path):
 
 def test_early_stopping_waits_for_min_epochs(smoke):
     """With lr 0 validation HR@1 never improves after epoch 0: patience 1 stops after epoch 1; with
-    min_epochs 3 (domain-wide, or for this model only) the first 3 epochs' evaluations do not count,
-    so patience 2 stops after epoch 4. Another model's floor does not apply. A pretrained run made
-    before the key existed reads as min_epochs 0 (and null per model)."""
+    min_epochs 3 (domain-wide, or for this model only) the first 3 epochs are not monitored, epoch 3
+    is the first best and patience 2 stops after epoch 5. Another model's floor does not apply. A
+    pretrained run made before the key existed reads as min_epochs 0 (and null per model)."""
     from bdlm_lib.joint.run import _model_keys
     p, ds = smoke
     runs = {}
@@ -139,11 +139,29 @@ def test_early_stopping_waits_for_min_epochs(smoke):
         hist = train_domain(build_domain_model("mf", ds.n_users, ds.n_items, q, ds=ds), ds, q)
         assert len({h["valid_hr1"] for h in hist}) == 1       # nothing learned: a flat validation
         runs[case] = [h["epoch"] for h in hist]
-    assert runs == {"none": [0, 1], "wide": [0, 1, 2, 3, 4], "mf": [0, 1, 2, 3, 4], "other": [0, 1]}
+        assert [h["monitored"] for h in hist] == [h["epoch"] >= (3 if case in ("wide", "mf") else 0) for h in hist]
+    assert runs == {"none": [0, 1], "wide": [0, 1, 2, 3, 4, 5], "mf": [0, 1, 2, 3, 4, 5], "other": [0, 1]}
     old = {k: v for k, v in p.domain.items() if k != "min_epochs"}
     old["per_model"] = {m: {k: v for k, v in e.items() if k != "min_epochs"} for m, e in old["per_model"].items()}
     assert _model_keys(old) == _model_keys(p.domain) and p.domain.min_epochs == 0
     assert _model_keys(old) != _model_keys({**p.domain, "min_epochs": 10})
+
+
+def test_best_state_is_picked_after_min_epochs(smoke):
+    """The restored weights are those of the best validation among the monitored epochs only (an
+    unmonitored early peak is not kept), and with a floor above `epochs` the last epoch's."""
+    p, ds = smoke
+    for epochs, floor in ((6, 3), (3, 5)):
+        q = with_model(p, "mf", **{"domain.epochs": epochs, "domain.patience": 10, "domain.min_epochs": floor})
+        model = build_domain_model("mf", ds.n_users, ds.n_items, q, ds=ds)
+        snaps = {}
+        hist = train_domain(model, ds, q, callback=lambda e, rec: snaps.update(
+            {e: {k: v.detach().clone() for k, v in model.state_dict().items()}}))
+        monitored = [h for h in hist if h["monitored"]]
+        assert [h["epoch"] for h in monitored] == list(range(min(floor, epochs - 1), epochs))
+        best = max(monitored, key=lambda h: h["valid_hr1"])["epoch"]
+        assert all(torch.equal(v, snaps[best][k]) for k, v in model.state_dict().items())
+        assert not all(torch.equal(v, snaps[0][k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "mf"])

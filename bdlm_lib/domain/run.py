@@ -148,7 +148,8 @@ def _run(params, ds, name, run_dir):
     history = train_domain(model, ds, params, run_dir)
     train_seconds = time.perf_counter() - t0
     metrics, preds = evaluate_domain(model, ds, params, split="test", return_predictions=True)
-    evals = [h for h in history if h["valid_hr1"] is not None]
+    # the epochs the trainer could pick (a history from before `monitored` existed: all of them)
+    evals = [h for h in history if h["valid_hr1"] is not None and h.get("monitored", True)]
     best = max(evals, key=lambda h: h["valid_hr1"]) if evals else None
     metrics.update({
         "model": name, "dataset": str(params["dataset"]), "preset": params.get("preset"),

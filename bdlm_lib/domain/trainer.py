@@ -1,6 +1,6 @@
 """One trainer for every domain model: BPR or BCE over negatives resampled each epoch from the
-train split, Adam, early stopping on validation HR@1 (`patience` evaluations without a new best,
-counted after the first `min_epochs` epochs), and resumable safetensors checkpoints.
+train split, Adam, early stopping on validation HR@1 (`patience` evaluations without a new best; the first
+`min_epochs` epochs are not monitored), and resumable safetensors checkpoints.
 
 Determinism and resume: nothing random carries over from one epoch to the next. Epoch e draws
 its shuffling, negatives, cloze masks and dropout from generators seeded with (seed, e), so a run
@@ -244,13 +244,16 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
             t1 = time.perf_counter()
             hr = valid_hr1(model, ds, params)
             rec["valid_hr1"], rec["eval_seconds"] = hr, round(time.perf_counter() - t1, 3)
-            if hr > state["best_hr1"]:
+            # the first min_epochs epochs are not monitored at all (Keras' start_from_epoch): neither
+            # a best candidate nor a count against patience. LightGCN's validation HR@1 (400 users)
+            # dips over its first epochs while BPR still falls fast: patience alone stopped one seed
+            # at epoch 7, and a noisy epoch-1 peak was kept as "best" by another (Beauty seed 45)
+            # (the last epoch always is, so a floor above `epochs` still yields a best state)
+            rec["monitored"] = epoch + 1 > min_epochs or epoch == epochs - 1
+            if rec["monitored"] and hr > state["best_hr1"]:
                 state.update(best_hr1=hr, best_epoch=epoch, bad_evals=0)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            elif epoch + 1 > min_epochs:
-                # evaluations in the first min_epochs epochs do not count against patience (as
-                # Keras' start_from_epoch): LightGCN's validation HR@1 dips over its first epochs
-                # while BPR still falls fast, and patience alone stopped one seed at epoch 7
+            elif rec["monitored"]:
                 state["bad_evals"] += 1
                 state["done"] = state["bad_evals"] >= int(d["patience"])
         state["epoch"] = epoch
