@@ -42,7 +42,8 @@ def cmd_prep(args) -> int:
 
 def cmd_batch(args) -> int:
     from .experiments.batch import run_batch
-    summary = run_batch(args.batch, output_dir=args.output_dir, only=args.only)
+    summary = run_batch(args.batch, output_dir=args.output_dir, only=args.only,
+                        rerun_changed=args.rerun_changed)
     failed = [r for r in summary.get("runs", []) if r.get("status") == "failed"] if isinstance(summary, dict) else []
     return 1 if failed else 0
 
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("batch")
     p.add_argument("--output-dir")
     p.add_argument("--only", nargs="*", help="run ids (substrings) to run")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="re-run stored runs whose parameters differ from the batch file's (else: stop)")
     p.set_defaults(fn=cmd_batch)
 
     p = sub.add_parser("report", help="assemble tables and figures from stored runs")
@@ -122,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # our DataError/ParamsError: one line, no traceback
+    except KeyboardInterrupt as e:  # a batch marks its running run interrupted and says which
+        print(f"bdlm {args.cmd}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except OSError as e:  # permission, disk full, a missing file: name the path
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"bdlm {args.cmd}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # DataError, ParamsError, BatchError, StoreError, ArtefactError
         print(f"bdlm {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,4 @@
-"""One metrics module for every model (SPEC §1).
+"""One metrics module for every model (paper §5.1.2).
 
 Top-K: each user has a group of candidates with exactly one positive; HR@k = share of users whose
 positive ranks in the top k, NDCG@k = mean of 1/log2(rank+2) within the top k. Ties are broken

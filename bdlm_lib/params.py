@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import yaml
 
@@ -134,40 +135,117 @@ def _plain(d: Any) -> Any:
     return d
 
 
-# null or a count >= 1 (bool is an int in Python, so it is excluded by name)
-_OPTIONAL_COUNT = (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-                   "null or an integer >= 1")
-
-# Range/choice rules (data, evaluation, and keys more than one module reads):
-# key -> (check, what it must be). Checked once the layers are merged, naming the key.
-_RULES = {
-    "seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    "data.format": (lambda v: v in (None, "ml1m", "tsv", "amazon2014", "amazon2018"),
-                    "null, ml1m, tsv, amazon2014 or amazon2018"),
-    "data.kcore": (lambda v: v >= 1, "an integer >= 1"),
-    "data.top_items": _OPTIONAL_COUNT,
-    "data.sample_users": _OPTIONAL_COUNT,
-    "testset.n_candidates": (lambda v: v >= 2, "an integer >= 2"),
-    "testset.n_binary_neg": (lambda v: v >= 1, "an integer >= 1"),
-    "testset.sim_pool": (lambda v: v >= 0, "an integer >= 0"),
-    "eval.max_users": _OPTIONAL_COUNT,
-    "eval.topk_users": _OPTIONAL_COUNT,
-    # the joint trainer and its control (joint/control.py) both sample this many negatives
-    "joint.domain_negatives": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                               "an integer >= 0"),
-}
+# ---------------------------------------------------------------- range rules (`# @RULE` in base.yaml)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
 
-def _validate(params: dict) -> None:
-    for key, (ok, what) in _RULES.items():
-        node: Any = params
-        try:
-            for part in key.split("."):
-                node = node[part]
-        except (KeyError, TypeError):
-            continue  # a params_dir without this key (tests of the layering itself)
-        if not ok(node):
-            raise ParamsError(f"parameter '{key}' must be {what}, got {node!r}")
+def safe_name(value: str, what: str) -> str:
+    """A name that becomes one path component: letters, digits and `_.+=-`, no separator, no `..`."""
+    v = str(value)
+    if not _NAME.match(v) or ".." in v:
+        raise ParamsError(f"{what} {v!r}: not a plain name (letters, digits, _ . + = -; no '/' or '..')")
+    return v
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _alt(rule: str) -> Callable[[Any], bool]:
+    """One alternative of a rule: null, bool, str, any, path, name, {a,b}, int/num with a bound."""
+    if rule == "null":
+        return lambda v: v is None
+    if rule == "bool":
+        return lambda v: isinstance(v, bool)
+    if rule in ("str", "path"):
+        return lambda v: isinstance(v, str) and v != ""
+    if rule == "any":
+        return lambda v: True
+    if rule == "name":
+        return lambda v: isinstance(v, str) and bool(_NAME.match(v)) and ".." not in v
+    if rule.startswith("list:"):
+        each = _rule(rule[5:])
+        return lambda v: isinstance(v, list) and len(v) > 0 and all(each(x) for x in v)
+    if rule.startswith("{") and rule.endswith("}"):
+        choices = set(rule[1:-1].split(","))
+        return lambda v: isinstance(v, str) and v in choices
+    m = re.fullmatch(r"(int|num)(?:(>=|>|<=|<)(-?[0-9.e+-]+)|([\[(])(-?[0-9.e+-]+),(-?[0-9.e+-]+)([\])]))?", rule)
+    if not m:
+        raise ParamsError(f"params/base.yaml: cannot read the rule '@{rule}'")
+    kind, op, bound, lo_b, lo, hi, hi_b = m.groups()
+    typed = ((lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else _is_num)
+    if op:
+        b = float(bound)
+        cmp = {">=": lambda v: v >= b, ">": lambda v: v > b, "<=": lambda v: v <= b, "<": lambda v: v < b}[op]
+        return lambda v: typed(v) and cmp(v)
+    if lo_b:
+        a, c = float(lo), float(hi)
+        return lambda v: typed(v) and (v >= a if lo_b == "[" else v > a) and (v <= c if hi_b == "]" else v < c)
+    return typed
+
+
+def _rule(text: str) -> Callable[[Any], bool]:
+    alts = [_alt(a) for a in text.split("|")]
+    return lambda v: any(ok(v) for ok in alts)
+
+
+def _describe(rule: str) -> str:
+    """'null|int>=1' -> 'null or an integer >= 1'; '{a,b}' -> 'one of a, b'."""
+    def one(a: str) -> str:
+        if a.startswith("list:"):
+            return "a non-empty list, each " + _describe(a[5:])
+        if a.startswith("{"):
+            return "one of " + ", ".join(a[1:-1].split(","))
+        a = re.sub(r"^int", "an integer ", a)
+        a = re.sub(r"^num", "a number ", a)
+        words = {"name": "a plain name (letters, digits, _ . + = -)", "path": "a path", "str": "a string",
+                 "bool": "true or false"}
+        if a in words:
+            return words[a]
+        return re.sub(r"(>=|<=|>|<)", r"\1 ", a).replace("  ", " ").strip().replace(" [", " in [").replace(" (", " in (")
+    return " or ".join(one(a) for a in rule.split("|"))
+
+
+_LINE = re.compile(r"^(\s*)([A-Za-z_]\w*):([^#]*)(?:#\s*(.*))?$")
+
+
+def read_rules(path: str | os.PathLike) -> dict[str, str]:
+    """{dotted key: rule text} from the `# @RULE` comments of base.yaml. A flow mapping on one
+    line (`mf: {lr: null, batch_size: null}  # @R1 @R2`) gives its keys their rules in order."""
+    rules: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        indent, key, value, comment = len(m.group(1)), m.group(2), m.group(3).strip(), m.group(4) or ""
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        prefix = "".join(k + "." for _, k in stack)
+        found = re.findall(r"@(\S+)", comment) if comment.startswith("@") else []
+        if value.startswith("{"):
+            for k, r in zip(re.findall(r"(\w+)\s*:", value), found):
+                rules[f"{prefix}{key}.{k}"] = r
+        elif value == "":
+            stack.append((indent, key))
+        elif found:
+            rules[prefix + key] = found[0]
+    return rules
+
+
+def _leaves(d: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _validate(params: dict, rules: Mapping[str, str]) -> None:
+    for key, value in _leaves(params):
+        rule = rules.get(key)
+        if rule is not None and not _rule(rule)(value):
+            raise ParamsError(f"parameter '{key}' must be {_describe(rule)}, got {value!r}")
     ds = params.get("dataset")
     if isinstance(ds, (str, os.PathLike)) and not _known_dataset(str(ds)):
         from .data.registry import REGISTRY
@@ -219,7 +297,7 @@ def load_params(dataset: str | None = None, preset: str | None = None,
         _merge(schema, params, section, f"{ds_file} (presets.{preset})")
     _merge(schema, params, over, "overrides")
     params["dataset"], params["preset"] = dataset, preset
-    _validate(params)
+    _validate(params, read_rules(pdir / "base.yaml"))
     return _wrap(params)
 
 

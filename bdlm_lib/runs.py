@@ -1,4 +1,4 @@
-"""Run artefacts: atomic writes, one folder per run, params + metrics + environment beside each other.
+"""Atomic file I/O: every artefact is written to a temp file and renamed into place.
 
 Every writer here goes through a temp file and `os.replace`, so an interrupted or failed run
 never leaves a half-written artefact where a finished one is expected.
@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 
 def _umask() -> int:
@@ -67,9 +64,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+class ArtefactError(ValueError):
+    """A stored artefact that cannot be read: the message names the file."""
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ArtefactError(f"{path}: corrupt JSON ({e.msg} at line {e.lineno}); "
+                            f"delete it, or re-run the run that wrote it") from None
 
 
 def _missing_ancestors(path: Path) -> list[Path]:
@@ -105,90 +110,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def environment_info() -> dict:
-    """What a reader needs to reproduce a run: versions, machine, time."""
-    info: dict[str, Any] = {
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-    }
-    for mod in ("torch", "transformers", "numpy", "pandas", "sklearn", "peft", "deepspeed"):
-        m = sys.modules.get(mod)
-        if m is None:
-            try:
-                m = __import__(mod)
-            except Exception:
-                continue
-        info[mod] = getattr(m, "__version__", "?")
+def read_safetensors(path: str | os.PathLike) -> dict:
+    """A safetensors file's tensors; a truncated or corrupt file is an ArtefactError naming it."""
+    from safetensors.torch import load_file
     try:
-        import torch
-        info["cuda"] = torch.cuda.is_available()
-        if info["cuda"]:
-            info["gpu"] = torch.cuda.get_device_name(0)
-        info["torch_threads"] = torch.get_num_threads()
-        # the kernels torch picked (AVX2 / AVX512 ...): vectorised kernels of another width may
-        # round differently, so comparing two runs' last bits needs it
-        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        pass
-    return info
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def dataset_root(params: Mapping) -> Path:
-    """`<output_dir>/<dataset>`: where every stage's run folders of one dataset live (a dataset
-    given as a folder path is named by its last component)."""
-    return Path(params["output_dir"]) / Path(str(params["dataset"])).name
-
-
-def new_run_dir(parent: str | os.PathLike, name: str, overwrite: bool = False) -> Path:
-    """A fresh folder for one run. An existing finished run (it has metrics.json) is never
-    silently overwritten: without `overwrite` a numbered sibling (`name-2`, …) is used."""
-    parent = Path(parent)
-    run = parent / name
-    if overwrite or not (run / "metrics.json").exists():
-        run.mkdir(parents=True, exist_ok=True)
-        return run
-    k = 2
-    while (parent / f"{name}-{k}" / "metrics.json").exists():
-        k += 1
-    run = parent / f"{name}-{k}"
-    run.mkdir(parents=True, exist_ok=True)
-    return run
-
-
-def write_run(run_dir: str | os.PathLike, params: Mapping | None = None,
-              metrics: Mapping | None = None, extra: Mapping[str, Any] | None = None,
-              predictions: Mapping[str, Any] | None = None) -> Path:
-    """Write params.yaml, environment.json, `extra` (JSON), `predictions` ({file name: per-user
-    scores DataFrame}, parquet: the report's bootstrap CIs and paired tests read them) and, last,
-    so that its presence means 'finished', metrics.json. Every file is written atomically."""
-    import io
-
-    from .params import save_params
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if params is not None:
-        save_params(params, run_dir / "params.yaml")
-    write_json(run_dir / "environment.json", environment_info())
-    for fname, obj in (extra or {}).items():
-        write_json(run_dir / fname, obj)
-    for fname, df in (predictions or {}).items():
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        atomic_write_bytes(run_dir / fname, buf.getvalue())
-    if metrics is not None:
-        write_json(run_dir / "metrics.json", metrics)
-    return run_dir
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors raises its own error type for a bad header or size
+        raise ArtefactError(f"{path}: corrupt safetensors file ({str(e).strip()[:120] or type(e).__name__})") from None

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_data_prep.py [ml1m amazon-health amazon-beauty ...] [--profile]
 
-Goal (issue 2): ML-1M prep + test sets <= 60 s on 2 CPU cores. Prints one line per dataset with
+Goal: ML-1M prep + test sets <= 60 s on 2 CPU cores. Prints one line per dataset with
 the phase times and the Table 1 statistics; --profile adds the top cProfile entries.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Denormal floats in a trained SASRec / BERT4Rec: training-step time with no flush,
-`torch.set_flush_denormal(True)` on the calling thread only (the trainer before session 22), a
+`torch.set_flush_denormal(True)` on the calling thread only (what torch's own call does), a
 fresh thread that sets the flag before its first parallel op, and the flag set on the calling
-thread's OpenMP team (`domain.denormals.denormals_flushed`, the trainer since session 22), in one
+thread's OpenMP team (`domain.denormals.denormals_flushed`, what the trainer uses), in one
 process.
 
     python benchmarks/bench_denormals.py --run-dir outputs/amazon-health/cpu_more/sasrec-s42

@@ -5,8 +5,8 @@ train histories.
     python benchmarks/bench_sequence_models.py [--dataset amazon-health] [--preset cpu] [--batches 10]
 
 The reference is `bdlm_lib.domain.sequential.encode_padded`: torch's own
-nn.TransformerEncoderLayer stack over the padded [B, L] window for SASRec / BERT4Rec (what bdlm_lib
-ran before session 20; the same numbers at real positions, tested in tests/test_domain_models.py),
+nn.TransformerEncoderLayer stack over the padded [B, L] window for SASRec / BERT4Rec (the plain
+way; the same numbers at real positions, tested in tests/test_domain_models.py),
 and for GRU4Rec the GRU stepping through the padding too. One timed unit = forward + backward of `--batches` training batches
 (`domain.per_model.<model>.batch_size` users each, the preset's dim / layers / max_seq_len).
 Amazon histories are short (Health: median 5 of 50 slots), which is where packing pays.

@@ -1,4 +1,4 @@
-"""Processing (SPEC §1): iterative k-core, contiguous ids, chronological leave-one-out split."""
+"""Processing (paper §5.1.1, §5.2.3): iterative k-core, contiguous ids, chronological leave-one-out split."""
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,4 @@
-"""The shared evaluation sets (SPEC §1): 20 candidates (1 positive + 10 popularity + 9 title-
+"""The shared evaluation sets (paper §5.2.3): 20 candidates (1 positive + 10 popularity + 9 title-
 similarity negatives), binary 1:1, never a touched item, seeded shuffle, persisted byte-identically."""
 from __future__ import annotations
 

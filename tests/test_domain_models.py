@@ -1,4 +1,4 @@
-"""Domain models (issue 3): each of the six trains on real data, beats random ranking on planted
+"""Domain models: each of the six trains on real data, beats random ranking on planted
 communities, and LightGCN's sparse propagation equals a dense reference."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_trains_on_ml1m_smoke_and_loss_falls(smoke, name):
     hist = train_domain(model, ds, p)
     assert len(hist) == p.domain.epochs
     assert hist[-1]["loss"] < hist[0]["loss"] - 1e-3, [h["loss"] for h in hist]
-    # the interface of CONTRACT "Domain models"
+    # the DomainModel interface (bdlm_lib/domain/base.py)
     U, I = model.user_embeddings(), model.item_embeddings()
     assert U.shape == (ds.n_users, p.domain.dim) and I.shape == (ds.n_items, p.domain.dim)
     assert U.requires_grad and I.requires_grad

@@ -1,4 +1,4 @@
-"""Domain runs (issue 3): artefacts, save -> load -> identical scores, resume after an interruption
+"""Domain runs: artefacts, save -> load -> identical scores, resume after an interruption
 reaches the uninterrupted weights, same seed -> same weights."""
 from __future__ import annotations
 

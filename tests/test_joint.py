@@ -324,7 +324,7 @@ def test_gpt4sm_baseline_runs_with_frozen_text_embeddings(params):
     from bdlm_lib.joint import run_gpt4sm
     from bdlm_lib.joint.gpt4sm import text_embeddings
     from bdlm_lib.llm.backbone import load_backbone
-    p = params(joint__gpt4sm_epochs=2, eval__max_users=12)
+    p = params(baselines__gpt4sm_epochs=2, eval__max_users=12)
     m, run_dir = run_gpt4sm(p, progress=False)
     assert run_dir.parent.name == "baselines" and run_dir.name == "gpt4sm"
     assert m["method"] == "gpt4sm" and m["topk"]["n_users"] == 12 and 0 <= m["binary"]["f1"] <= 1

@@ -14,7 +14,7 @@ from test_joint import world  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = {"data.sample_users": None, "joint.max_steps": 2, "joint.batch_size": 4, "eval.max_users": 6,
-        "sft.max_steps": 1, "domain.progress": False, "domain.epochs": 2, "joint.gpt4sm_epochs": 1}
+        "sft.max_steps": 1, "domain.progress": False, "domain.epochs": 2, "baselines.gpt4sm_epochs": 1}
 
 
 def execute(name: str, world, tmp_path, **extra):  # noqa: F811

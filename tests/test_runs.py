@@ -8,8 +8,8 @@ import stat
 import numpy as np
 import pytest
 
-from bdlm_lib.runs import (_umask, atomic_dir, atomic_write_text, new_run_dir, read_json, write_json,
-                           write_run)
+from bdlm_lib.runs import _umask, atomic_dir, atomic_write_text, read_json, write_json
+from bdlm_lib.store import new_run_dir, write_run
 
 
 def test_atomic_write_and_permissions(tmp_path):
@@ -49,7 +49,8 @@ def test_new_run_dir_never_overwrites_a_finished_run(tmp_path):
     r1 = new_run_dir(tmp_path, "mf")
     assert new_run_dir(tmp_path, "mf") == r1                  # unfinished: reused
     write_run(r1, {"seed": 1}, {"topk": {"HR@1": 0.5}}, extra={"history.json": [1, 2]})
-    assert sorted(os.listdir(r1)) == ["environment.json", "history.json", "metrics.json", "params.yaml"]
+    assert sorted(os.listdir(r1)) == ["environment.json", "fingerprint.json", "history.json", "metrics.json",
+                                      "params.yaml"]
     r2 = new_run_dir(tmp_path, "mf")
     assert r2.name == "mf-2" and r2 != r1
     write_run(r2, None, {"x": 1})

@@ -17,7 +17,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ..runs import atomic_dir, dataset_root, read_json, write_json
+from ..runs import atomic_dir, read_json, write_json
+from ..store import dataset_root
 from . import download, registry
 from .loaders import DataError, detect_format, read_raw
 from .prepare import process, sha256_files
@@ -25,7 +26,7 @@ from .testsets import build_testsets, check_no_leakage
 
 SETS = ("valid_topk", "test_topk", "valid_binary", "test_binary")
 PARQUETS = ("train", "valid", "test", "users", "items") + SETS
-MANIFEST_VERSION = 3  # 2: zero-similarity titles no longer count as similar; stats = Table 1 only; 3: user sample after the k-core
+MANIFEST_VERSION = 4  # 4: inputs recorded with size, mtime and sha256 (the cache checks them)
 
 
 def dataset_tag(params: Mapping) -> str:
@@ -50,6 +51,36 @@ def _recipe(params: Mapping) -> dict:
 def _input_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                   and p.suffix.lower() in {".dat", ".gz", ".tsv", ".zip", ".json"})
+
+
+def _input_stats(folder: Path) -> dict:
+    """{file name: {size, mtime_ns, sha256}} of the raw input files the dataset was read from."""
+    files = _input_files(folder)
+    sha = sha256_files(files)
+    return {p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns, "sha256": sha[p.name]}
+            for p in files}
+
+
+def _inputs_changed(man: Mapping, params: Mapping, spec) -> str | None:
+    """Why a prepared folder no longer matches its raw inputs (None: it does). Size and mtime are
+    the fast check; a file whose size or mtime differ is hashed, so a touched copy still matches."""
+    try:
+        _, folder = registry.resolve(str(params["dataset"]), params.get("data_dir"), spec)
+    except DataError as e:
+        return str(e)
+    if not folder.is_dir():
+        return f"{folder} does not exist"
+    stored = man.get("inputs") or {}
+    files = {p.name: p for p in _input_files(folder)}
+    if set(files) != set(stored):
+        return f"input files in {folder} are {sorted(files)}, it was built from {sorted(stored)}"
+    for name, p in files.items():
+        st, rec = p.stat(), stored[name]
+        if st.st_size == rec["size"] and st.st_mtime_ns == rec["mtime_ns"]:
+            continue
+        if sha256_files([p])[name] != rec["sha256"]:
+            return f"{p} changed since it was prepared"
+    return None
 
 
 def _locate(params: Mapping, spec: registry.DatasetSpec | None) -> tuple:
@@ -85,7 +116,11 @@ def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True,
             man = {}
         if man.get("recipe") == recipe and man.get("version") == MANIFEST_VERSION and all(
                 (out / f"{n}.parquet").exists() for n in PARQUETS):
-            return out
+            why = _inputs_changed(man, params, spec)
+            if why is None:
+                return out
+            if verbose:
+                print(f"prepared data {out} is stale ({why}): rebuilding")
     t0 = time.perf_counter()
     spec, folder, fmt = _locate(params, spec)
     inter, titles = read_raw(folder, fmt, bool(params["data"].get("title_extras")))
@@ -112,7 +147,8 @@ def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True,
         "seed": params["seed"],
         "recipe": recipe,
         "params": {k: params[k] for k in ("dataset", "seed", "data", "testset")},
-        "inputs_sha256": sha256_files(_input_files(folder)),
+        "inputs": (inputs := _input_stats(folder)),
+        "inputs_sha256": {n: v["sha256"] for n, v in inputs.items()},
         "stats": proc.stats,
         "counts": proc.counts,
         "seconds": {"read": round(t_read, 2), "process": round(t_proc, 2),

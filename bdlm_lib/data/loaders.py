@@ -65,6 +65,25 @@ def _read_table(text: io.TextIOBase, path: Path, **kw) -> pd.DataFrame:
         raise DataError(f"{path}: malformed table ({str(e).strip().splitlines()[0]})") from None
 
 
+def _check_quotes(text: io.StringIO, path: Path) -> io.StringIO:
+    """Refuse a tab-separated file whose quoting cannot be read unambiguously. A quoted field may
+    hold a newline (pandas' to_csv writes titles that way), but one that runs over several lines
+    *and* holds tabs has swallowed whole records: an unclosed `"`. Named with its line number."""
+    import csv
+    reader = csv.reader(io.StringIO(text.getvalue()), delimiter="\t", strict=True)
+    start = 1
+    try:
+        for row in reader:
+            if reader.line_num > start and any("\t" in f and "\n" in f for f in row):
+                raise DataError(f"{path}: line {start}: a quoted field runs to line {reader.line_num} and holds "
+                                f"tab-separated lines (an unclosed '\"'?); close the quote or remove it")
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(f"{path}: line {start}: cannot be read ({e}; an unclosed '\"'?)") from None
+    text.seek(0)
+    return text
+
+
 def _clean_titles(titles: pd.DataFrame, path: Path) -> pd.DataFrame:
     titles = titles.copy()
     titles["item_raw"] = titles["item_raw"].astype(str)
@@ -171,7 +190,7 @@ def read_tsv_pair(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise DataError(f"{folder / 'interactions.tsv'}: file not found (nor .gz)")
     if tpath is None:
         raise DataError(f"{folder / 'item_titles.tsv'}: file not found (nor .gz)")
-    inter = _read_table(_open_text(ipath), ipath, sep="\t", dtype=str, na_filter=False)
+    inter = _read_table(_check_quotes(_open_text(ipath), ipath), ipath, sep="\t", dtype=str, na_filter=False)
     need = {"user_id", "item_id", "timestamp"}
     if not need <= set(inter.columns):
         hint = " (is it tab-separated?)" if len(inter.columns) == 1 else ""
@@ -191,7 +210,7 @@ def read_tsv_pair(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         # keep the processor's within-day order: sort by (user, timestamp, seq_pos) later is stable
         out["seq"] = _require_int(inter["seq_pos"], "seq_pos", ipath)
     # CSV-style quoting (what pandas' to_csv writes): titles holding a tab or a newline are quoted
-    titles = _read_table(_open_text(tpath), tpath, sep="\t", dtype=str, na_filter=False)
+    titles = _read_table(_check_quotes(_open_text(tpath), tpath), tpath, sep="\t", dtype=str, na_filter=False)
     if not {"item_id", "title"} <= set(titles.columns):
         hint = " (is it tab-separated?)" if len(titles.columns) == 1 else ""
         raise DataError(f"{tpath}: needs columns item_id, title; found "

@@ -1,4 +1,4 @@
-"""The shared, persisted evaluation sets (SPEC §1), built once per (dataset, seed).
+"""The shared, persisted evaluation sets (paper §5.2.3), built once per (dataset, seed).
 
 top-K: per user, the held-out item + (n-1) negatives: floor half (9 of 19) by title similarity
 (the untouched items whose TF-IDF title is nearest to the positive's, ties by item id; items of
@@ -85,7 +85,7 @@ def build_testsets(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
     pop = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64) + 1e-12
     pop_p = pop / pop.sum()
     # == rng.choice(n_items, size, p=pop_p), draw for draw (same RNG stream), without
-    # re-validating p and rebuilding its cdf on every call: that was 90% of the per-user loop
+    # re-validating p and rebuilding its cdf on every call, which would dominate the per-user loop
     cdf = np.cumsum(pop_p)
     cdf /= cdf[-1]
     neigh = title_neighbours(titles, sim_pool, positive_only=True) if n_sim > 0 else np.full((n_items, 0), -1)

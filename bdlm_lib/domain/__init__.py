@@ -1,4 +1,4 @@
-"""Domain-specific recommenders (SPEC §2): MF/GMF, NCF, LightGCN, SASRec, GRU4Rec, BERT4Rec behind
+"""Domain-specific recommenders (paper §2.1, §5.3): MF/GMF, NCF, LightGCN, SASRec, GRU4Rec, BERT4Rec behind
 one interface (`base.DomainModel`), one trainer, and run artefacts under
 `<output_dir>/<dataset>/domain/<model>/`.
 

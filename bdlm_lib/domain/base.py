@@ -1,4 +1,4 @@
-"""The one interface every domain-specific recommender exposes (SPEC §2, CONTRACT "Domain models").
+"""The one interface every domain-specific recommender exposes (paper §4.1.2, §4.2).
 
 A `DomainModel` owns a user table E_U^D and an item table E_I^D (`user_embeddings()`,
 `item_embeddings()`, both differentiable), a pair feature f_D(u, i) (`pair_feature`) and logits

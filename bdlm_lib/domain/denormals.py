@@ -1,13 +1,13 @@
 """Flush denormal floats to zero on every thread torch computes with on the CPU.
 
 Why: as SASRec's and BERT4Rec's attention sharpens during training, its small probabilities
-underflow into denormals, which x86 cores compute far more slowly (a Health SASRec epoch grew from
-18 s to 44 s over 14 epochs). `torch.set_flush_denormal` sets the flag of the calling thread only.
+underflow into denormals, which x86 cores compute far more slowly (the epochs keep getting slower
+as training goes on). `torch.set_flush_denormal` sets the flag of the calling thread only.
 torch's OpenMP worker threads already exist and keep their own flag, so with it alone the epochs
-still grew to 29 s. Training in a fresh thread that sets the flag first would give that thread a
-flushing worker team, but a second team means more OpenMP threads than cores, and every epoch
-was 17% slower from the start (libgomp cutting its spin-waiting, it seems: with
-OMP_WAIT_POLICY=PASSIVE the main thread was as slow). So `denormals_flushed` sets
+still slow down. Training in a fresh thread that sets the flag first would give that thread a
+flushing worker team, but a second team means more OpenMP threads than cores, which makes every
+epoch slower from the start (libgomp cutting its spin-waiting, it seems: with
+OMP_WAIT_POLICY=PASSIVE the main thread is as slow). So `denormals_flushed` sets
 the flag on the calling thread's existing team instead: it opens one OpenMP parallel region through
 libgomp's own entry point, whose body (a ctypes callback) sets each thread's flag. On the way out
 each thread gets back the setting it had. benchmarks/bench_denormals.py times each way.

@@ -24,7 +24,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..params import Params
-from ..runs import atomic_write_bytes, dataset_root, new_run_dir, write_run
+from ..runs import atomic_write_bytes
+from ..store import dataset_root, new_run_dir, write_run
 from . import build_domain_model, domain_device
 from .trainer import CHECKPOINT, evaluate_domain, train_domain
 
@@ -56,8 +57,13 @@ def load_domain(run_dir):
     path = run_dir / "model.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (not a saved domain model)")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        sd = st_load(path.read_bytes())
+    except Exception as e:  # safetensors' own error on a truncated or corrupt file
+        raise ValueError(f"{path}: corrupt model file ({str(e).strip()[:120] or type(e).__name__}); "
+                         f"re-run the domain run that wrote it") from None
     if (run_dir / "params.yaml").exists():
         with open(run_dir / "params.yaml", encoding="utf-8") as f:
             params = _wrap(yaml.safe_load(f))
@@ -67,7 +73,6 @@ def load_domain(run_dir):
         raise FileNotFoundError(f"{run_dir / 'params.yaml'}: missing, and the model header has no params")
     if "model" not in meta:
         raise ValueError(f"{path}: no model name in the header (not written by save_domain)")
-    sd = st_load(path.read_bytes())
     model = build_domain_model(meta["model"], int(meta["n_users"]), int(meta["n_items"]), params)
     # the graph (LightGCN) is part of the state: give the empty buffers their saved size first
     for name in ("graph_users", "graph_items"):

@@ -26,7 +26,7 @@ class _Transformer(nn.Module):
 
     Amazon histories are short (Health: median 5 of 50 slots), so the per-token parts - layer
     norms, projections, feed-forward, most of the FLOPs at d = 576 - run on the packed real
-    tokens, and only attention itself sees a padded layout (a Health SASRec epoch 75 s -> 18 s,
+    tokens, and only attention itself sees a padded layout (several times faster on such data,
     benchmarks/bench_sequence_models.py). Pads are masked as keys, so real positions do not
     depend on them (`encode_padded` is the reference); pad positions come back as zeros."""
 

@@ -124,7 +124,7 @@ def valid_hr1(model, ds, params) -> float:
 
 
 def evaluate_domain(model, ds, params, split: str = "test", return_predictions: bool = False):
-    """The shared metrics (CONTRACT metrics.json layout) on `split`'s persisted candidate sets."""
+    """The shared metrics (the metrics.json layout of every run) on `split`'s persisted candidate sets."""
     return evaluate(score_fn(model, params), ds, split=split, max_users=params["eval"]["max_users"],
                     ks=params["eval"]["ks"], return_predictions=return_predictions,
                     topk_users=params["eval"].get("topk_users"))
@@ -245,10 +245,10 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
             hr = valid_hr1(model, ds, params)
             rec["valid_hr1"], rec["eval_seconds"] = hr, round(time.perf_counter() - t1, 3)
             # the first min_epochs epochs are not monitored at all (Keras' start_from_epoch): neither
-            # a best candidate nor a count against patience. LightGCN's validation HR@1 (400 users)
-            # dips over its first epochs while BPR still falls fast: patience alone stopped one seed
-            # at epoch 7, and a noisy epoch-1 peak was kept as "best" by another (Beauty seed 45)
-            # (the last epoch always is, so a floor above `epochs` still yields a best state)
+            # a best candidate nor a count against patience (the last epoch always is, so a floor
+            # above `epochs` still yields a best state). LightGCN's validation HR@1 (400 users) dips
+            # over its first epochs while BPR still falls fast: with patience alone a run can stop
+            # after a few epochs, or keep a noisy epoch-1 peak as its best
             rec["monitored"] = epoch + 1 > min_epochs or epoch == epochs - 1
             if rec["monitored"] and hr > state["best_hr1"]:
                 state.update(best_hr1=hr, best_epoch=epoch, bad_evals=0)

@@ -37,17 +37,21 @@ Every notebook named must have a cell tagged `parameters` declaring INJECTED (be
 from __future__ import annotations
 
 import fnmatch
+import os
+import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 import yaml
 
-from ..params import ParamsError, load_params, save_params
-from ..runs import environment_info, read_json, write_json
+from .. import store
+from ..params import ParamsError, load_params, safe_name
+from ..runs import read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -188,7 +192,25 @@ def load_batch(path: str | Path, _chain: tuple = ()) -> dict:
     for key in ("name", "grid", "notebooks"):
         if not spec.get(key):
             raise BatchError(f"{path}: missing '{key}'")
+    for key in ("overrides", "methods", "flags"):
+        if spec.get(key) is not None and not isinstance(spec[key], Mapping):
+            raise BatchError(f"{path}: {key}: expected a mapping, got {spec[key]!r}")
+    grid = spec["grid"]
+    if not (isinstance(grid, Mapping) or (isinstance(grid, list) and all(isinstance(b, Mapping) for b in grid))):
+        raise BatchError(f"{path}: grid: expected a mapping (datasets, methods, seeds, ...) or a list "
+                         f"of them, got {grid!r}")
+    if not isinstance(spec["notebooks"], list):
+        raise BatchError(f"{path}: notebooks: expected a list of steps, got {spec['notebooks']!r}")
+    _name(path, "name", spec["name"])
     return spec
+
+
+def _name(path: Path, key: str, value: Any) -> str:
+    """A batch-file value that becomes a folder name: refused with the key if it is not a plain name."""
+    try:
+        return safe_name(str(value), key)
+    except ParamsError as e:
+        raise BatchError(f"{path}: {e}") from None
 
 
 def _steps(spec: dict, path: Path, nb_dir: Path) -> list[Step]:
@@ -209,7 +231,7 @@ def _steps(spec: dict, path: Path, nb_dir: Path) -> list[Step]:
         methods = s.get("methods", "all")
         methods = None if methods in (None, "all") else _list(methods, [])
         stem = nb.stem.split("_", 1)[1] if nb.stem[:2].isdigit() and "_" in nb.stem else nb.stem
-        steps.append(Step(nb, per, methods, str(s.get("id") or stem)))
+        steps.append(Step(nb, per, methods, _name(path, f"notebooks[{i}].id", s.get("id") or stem)))
     return steps
 
 
@@ -242,6 +264,7 @@ def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
     out = Path(output_dir or spec.get("output_dir") or load_params(preset=preset)["output_dir"]).resolve()
     methods = dict(METHODS)
     for m, bundle in (spec.get("methods") or {}).items():
+        _name(path, "methods key", m)
         if bundle is not None and not isinstance(bundle, Mapping):
             raise BatchError(f"{path}: methods.{m}: expected a mapping of param overrides, got {bundle!r}")
         bundle = dict(bundle or {})
@@ -251,6 +274,10 @@ def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
                              f"(known: {', '.join(sorted(methods))})")
         # without extends: the entry is the whole bundle (redefining a built-in replaces it)
         methods[str(m)] = {**(methods[str(ext)] if ext is not None else {}), **_flatten(bundle)}
+    for k, v in (spec.get("flags") or {}).items():
+        _name(path, "flags key", k)
+        if v is not None and not isinstance(v, Mapping):
+            raise BatchError(f"{path}: flags.{k}: expected a mapping of param overrides, got {v!r}")
     flags = {"none": {}, **{str(k): _flatten(v or {}) for k, v in (spec.get("flags") or {}).items()}}
     base_over = _flatten(spec.get("overrides") or {})
     steps = _steps(spec, path, nb_dir)
@@ -265,9 +292,16 @@ def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
         dsets = _list(block.get("datasets"), [])
         if not dsets:
             raise BatchError(f"{path}: grid[{b}]: 'datasets' is empty")
-        seeds = [int(s) for s in _list(block.get("seeds"), [42])]
+        seeds = _list(block.get("seeds"), [42])
+        bad_seeds = [v for v in seeds if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+        if bad_seeds:
+            raise BatchError(f"{path}: grid[{b}].seeds: {bad_seeds[0]!r} is not an integer >= 0")
         lams = _list(block.get("lambda_ml"), [None])
+        bad_lams = [v for v in lams if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0)]
+        if bad_lams:
+            raise BatchError(f"{path}: grid[{b}].lambda_ml: {bad_lams[0]!r} is not a number >= 0")
         for d in dsets:
+            _name(path, f"grid[{b}].datasets (folder name)", Path(str(d)).name)
             all_ds += [str(d)] if str(d) not in all_ds else []
             for seed in seeds:
                 all_seeds += [seed] if seed not in all_seeds else []
@@ -289,8 +323,9 @@ def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
         if (dataset, run_id) in seen:
             return
         seen.add((dataset, run_id))
-        runs.append(Run(dataset, run_id, method, seed, scope, over, notebooks,
-                        out / Path(dataset).name / name / run_id, flag, lam))
+        _name(path, "run id", run_id)
+        run_dir = store.inside(out, out / Path(dataset).name / name / run_id)
+        runs.append(Run(dataset, run_id, method, seed, scope, over, notebooks, run_dir, flag, lam))
 
     for d in all_ds:
         for seed in all_seeds:
@@ -307,7 +342,10 @@ def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
         if methods[m].get("joint.joint") is True:
             lam_v = over.get("joint.lambda_ml")
             if lam_v is None:  # the preset's λ, resolved below; stable because params are
-                lam_v = load_params(d, preset, base_over).joint.lambda_ml
+                try:
+                    lam_v = load_params(d, preset, base_over).joint.lambda_ml
+                except ParamsError as e:
+                    raise BatchError(f"{path}: overrides: {e}") from None
             add(d, f"{tag}-lam{lam_tag(lam_v)}-s{seed}", m, seed, "run", over, nbs, f, float(lam_v))
         else:
             add(d, f"{tag}-s{seed}", m, seed, "run", over, nbs, f)
@@ -344,20 +382,45 @@ def _last_line(e: BaseException) -> str:
     return traceback.format_exception_only(type(e), e)[-1].strip()
 
 
+KERNEL_LOG = "kernel.log"
+
+
+@contextmanager
+def _kernel_log(path: Path) -> Iterator[None]:
+    """Send the standard error of the notebooks' kernels (their transport warnings, the notice
+    that closes every clean shutdown) to the run's kernel.log instead of the console. The kernel
+    inherits file descriptor 2, so it is pointed at the log for the run's duration; the batch's
+    progress bar writes to a saved copy of the console's (`_CONSOLE`)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _console() -> Any:
+    """A text stream on a copy of the console's standard error, unaffected by `_kernel_log`."""
+    return os.fdopen(os.dup(2), "w", buffering=1)
+
+
 def _execute(r: Run, batch: Batch, kernel: str | None, timeout: int | None) -> tuple[str, str | None]:
     import papermill as pm
-    r.run_dir.mkdir(parents=True, exist_ok=True)
-    (r.run_dir / "error.txt").unlink(missing_ok=True)
-    save_params(r.params, r.run_dir / "params.yaml")
-    write_json(r.run_dir / "environment.json", environment_info())
+    (r.run_dir / store.ERROR).unlink(missing_ok=True)
+    write_json(r.run_dir / store.ENVIRONMENT, store.environment_info())
     params = {"dataset": r.dataset, "preset": batch.preset, "data_dir": r.params.get("data_dir"),
               "output_dir": str(batch.output_dir), "seed": r.seed, "run_dir": str(r.run_dir),
               "method": r.method, "overrides": dict(r.overrides)}
     try:
-        for nb in r.notebooks:
-            pm.execute_notebook(str(nb), str(r.run_dir / nb.name), parameters=params,
-                                kernel_name=kernel, cwd=str(nb.parent), progress_bar=False,
-                                execution_timeout=timeout)
+        with _kernel_log(r.run_dir / KERNEL_LOG):
+            for nb in r.notebooks:
+                pm.execute_notebook(str(nb), str(r.run_dir / nb.name), parameters=params,
+                                    kernel_name=kernel, cwd=str(nb.parent), progress_bar=False,
+                                    execution_timeout=timeout)
         if not r.finished:
             raise RuntimeError(f"notebook(s) finished without writing {r.run_dir / 'metrics.json'}")
         return "ok", None
@@ -366,8 +429,8 @@ def _execute(r: Run, batch: Batch, kernel: str | None, timeout: int | None) -> t
         # an earlier notebook of this run may have written metrics.json: a failed run must not
         # look finished to the resume check
         if r.finished:
-            (r.run_dir / "metrics.json").replace(r.run_dir / "metrics.partial.json")
-        (r.run_dir / "error.txt").write_text(err + "\n", encoding="utf-8")
+            (r.run_dir / store.METRICS).replace(r.run_dir / store.PARTIAL_METRICS)
+        (r.run_dir / store.ERROR).write_text(err + "\n", encoding="utf-8")
         return "failed", err
 
 
@@ -394,36 +457,72 @@ def _write_summaries(batch: Batch, rows: list[dict]) -> None:
                    {"batch": batch.name, "batch_yaml": str(batch.path), "preset": batch.preset, "runs": rs})
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch: the run that was running is marked interrupted; the message says which."""
+
+
 def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
-              only: Iterable[str] | None = None) -> dict:
+              only: Iterable[str] | None = None, rerun_changed: bool = False) -> dict:
     """Validate every run, then execute the unfinished ones (resume); return the summary dict
     {"batch", "output_dir", "runs": [{run_id, status (ok|failed|done|pending), HR@1, HR@2, F1,
-    seconds, error, ...}]}. `only`: run ids / substrings / globs / method names to execute."""
+    seconds, error, ...}]}. `only`: run ids / substrings / globs / method names to execute.
+
+    A run is identified by its parameters: if a stored run was made with other parameters than
+    the batch file gives it now, nothing runs and the error lists those runs and keys;
+    `rerun_changed` re-runs them instead. The output folder is locked while the batch runs."""
     from tqdm.auto import tqdm
     batch = expand_batch(batch_yaml, output_dir)
     spec = load_batch(batch.path)
     kernel, timeout = spec.get("kernel"), spec.get("execution_timeout")
-    rows: dict[str, dict] = {}
-    for r in batch.runs:  # the state before this invocation
-        prev = read_json(r.run_dir / "run.json") if (r.run_dir / "run.json").exists() else {}
-        status = "done" if r.finished else "pending"
-        rows[r.dataset + "/" + r.run_id] = _row(r, status, prev.get("seconds") if r.finished else None)
-    todo = [r for r in batch.runs if not r.finished and _select(r, only)]
-    print(f"batch {batch.name}: {len(batch.runs)} runs, {len(batch.runs) - len(todo)} finished or "
-          f"not selected, {len(todo)} to run -> {batch.output_dir}")
-    for r in tqdm(todo, desc=f"batch {batch.name}", unit="run"):
-        t0 = time.perf_counter()
-        info = {"batch": batch.name, "dataset": r.dataset, "run_id": r.run_id, "method": r.method,
-                "flag": r.flag, "lambda_ml": r.lambda_ml, "seed": r.seed, "scope": r.scope,
-                "preset": batch.preset, "overrides": r.overrides,
-                "notebooks": [nb.name for nb in r.notebooks]}
-        write_json(r.run_dir / "run.json", {**info, "status": "running"})
-        status, err = _execute(r, batch, kernel, timeout)
-        secs = time.perf_counter() - t0
-        write_json(r.run_dir / "run.json", {**info, "status": status, "seconds": round(secs, 1), "error": err})
-        rows[r.dataset + "/" + r.run_id] = _row(r, status, secs, err)
+    only = list(only or [])
+    for o in only:
+        if not any(_select(r, [o]) for r in batch.runs):
+            raise BatchError(f"--only {o}: matches no run of {batch.path.name} "
+                             f"(run ids: {', '.join(r.run_id for r in batch.runs)})")
+    with store.OutputLock(batch.output_dir):
+        states = {r.dataset + "/" + r.run_id: store.run_state(r.run_dir, r.params) for r in batch.runs}
+        changed = {k: keys for k, (st, keys) in states.items() if st == "changed"}
+        if changed and not rerun_changed:
+            first, keys = next(iter(changed.items()))
+            old = store.stored_identity(next(r.run_dir for r in batch.runs if r.dataset + "/" + r.run_id == first))
+            new = store.identity(next(r.params for r in batch.runs if r.dataset + "/" + r.run_id == first))
+            raise BatchError(f"{batch.path.name}: {len(changed)} stored run(s) were made with other parameters: "
+                             f"{', '.join(changed)}; {first}: {store.describe_changes(old, new)}. "
+                             f"Re-run them with --rerun-changed, or use another --output-dir")
+        rows: dict[str, dict] = {}
+        for r in batch.runs:  # the state before this invocation
+            key = r.dataset + "/" + r.run_id
+            done = states[key][0] == "finished"
+            prev = read_json(r.run_dir / store.RUN) if done and (r.run_dir / store.RUN).exists() else {}
+            rows[key] = _row(r, "done" if done else "pending", prev.get("seconds") if done else None)
+        todo = [r for r in batch.runs if states[r.dataset + "/" + r.run_id][0] != "finished" and _select(r, only)]
+        n_changed = sum(1 for r in todo if states[r.dataset + "/" + r.run_id][0] == "changed")
+        print(f"batch {batch.name}: {len(batch.runs)} runs, {len(batch.runs) - len(todo)} finished or "
+              f"not selected, {len(todo)} to run" + (f" ({n_changed} re-run: parameters changed)" if n_changed else "")
+              + f" -> {batch.output_dir}")
+        console = _console()
+        for r in tqdm(todo, desc=f"batch {batch.name}", unit="run", file=console):
+            t0 = time.perf_counter()
+            store.claim(r.run_dir, r.params, rerun_changed=rerun_changed)
+            info = {"batch": batch.name, "dataset": r.dataset, "run_id": r.run_id, "method": r.method,
+                    "flag": r.flag, "lambda_ml": r.lambda_ml, "seed": r.seed, "scope": r.scope,
+                    "preset": batch.preset, "overrides": r.overrides,
+                    "notebooks": [nb.name for nb in r.notebooks]}
+            write_json(r.run_dir / store.RUN, {**info, "status": "running"})
+            try:
+                status, err = _execute(r, batch, kernel, timeout)
+            except KeyboardInterrupt:
+                secs = round(time.perf_counter() - t0, 1)
+                write_json(r.run_dir / store.RUN, {**info, "status": "interrupted", "seconds": secs})
+                rows[r.dataset + "/" + r.run_id] = _row(r, "interrupted", secs, "interrupted")
+                _write_summaries(batch, list(rows.values()))
+                raise BatchInterrupted(f"interrupted during {r.dataset}/{r.run_id} (marked interrupted); "
+                                       f"the same command resumes the batch") from None
+            secs = time.perf_counter() - t0
+            write_json(r.run_dir / store.RUN, {**info, "status": status, "seconds": round(secs, 1), "error": err})
+            rows[r.dataset + "/" + r.run_id] = _row(r, status, secs, err)
+            _write_summaries(batch, list(rows.values()))
         _write_summaries(batch, list(rows.values()))
-    _write_summaries(batch, list(rows.values()))
     table = pd.DataFrame(list(rows.values()))[["dataset", "run_id", "status", "HR@1", "HR@2", "F1", "seconds"]]
     fmt = {c: (lambda x: "" if pd.isna(x) else f"{x:.4f}") for c in ("HR@1", "HR@2", "F1")}
     print(table.to_string(index=False, formatters=fmt))

@@ -452,8 +452,12 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     lam = float(lambda_ml if lambda_ml is not None else (p.report.lambda_ml if p.report.lambda_ml is not None
                                                          else p.joint.lambda_ml))
     output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"{output_dir}: no such output folder (run a batch first, or give --output-dir)")
     out = Path(report_dir) if report_dir else output_dir / "report"
     runs = collect_runs(output_dir)
+    if not len(runs):
+        raise ValueError(f"{output_dir}: no finished runs to report (no <dataset>/<batch>/<run>/metrics.json)")
     chosen = choose_runs(runs, lam, preset)
     summary, tables = summarise(chosen, n_boot, alpha) if len(chosen) else (pd.DataFrame(
         columns=["dataset", "label", *METRICS]), {})

@@ -1,4 +1,4 @@
-"""BDLM-drs scoring: the cascade LLM -> h_L -> LLM-enhanced domain model (SPEC §5, last line).
+"""BDLM-drs scoring: the cascade LLM -> h_L -> LLM-enhanced domain model (paper §4.2, §5.4).
 
 top-K: one LLM forward pass over each user's top-K prompt (no answer), h_L read at each of the 20
 candidates' tokens (`<iid_j>`, or the last title token without ET), then the enhanced domain model

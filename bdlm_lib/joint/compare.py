@@ -12,7 +12,8 @@ from typing import Mapping
 import pandas as pd
 import yaml
 
-from ..runs import dataset_root, read_json
+from ..runs import read_json
+from ..store import dataset_root
 
 KEYS = ("eval", "preset")     # with the data recipe (run.same_data)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..metrics import evaluate
-from ..runs import dataset_root, new_run_dir, write_run
+from ..store import dataset_root, new_run_dir, write_run
 from .enhanced import EnhancedDomainModel
 from .llm_io import item_mentions
 from .trainer import joint_samples_of, joint_schedule, select_examples, step_seed

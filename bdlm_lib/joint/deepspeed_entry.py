@@ -89,7 +89,7 @@ def engine_factory(params, config: dict):
 def run_bdlm_deepspeed(params, ds=None, domain_run=None, progress: bool = True):
     """`run_bdlm` with the LLM step under DeepSpeed; returns (metrics_llm, metrics_drs, run_dir)."""
     from ..data import load_dataset
-    from ..runs import dataset_root
+    from ..store import dataset_root
     from .run import build_joint, claim_run_dir, finish_run, load_inputs, pretrained_domain, variant_name
     rank, world = init_distributed()
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The LLM-enhanced domain model (paper §4.2, Eq. 5-6, SPEC §4).
+"""The LLM-enhanced domain model (paper §4.2, Eq. 5-6).
 
     ŷ(u, i) = σ(wᵀ [f_D(u, i) ; x(u, i)] + b)
 

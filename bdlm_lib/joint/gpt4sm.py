@@ -7,8 +7,8 @@ h_L without ET): the item text is its (cut) title, the user text the titles of t
 llm.history_len train items ("The user has watched the following movies: ..."). The backbone is
 neither extended nor fine-tuned and receives no gradient; the embeddings are computed once.
 The domain side starts from the same pre-trained domain model as BDLM (`pretrained_domain`) and is
-trained with BCE on the train split (one sampled negative per positive), joint.gpt4sm_epochs
-epochs at joint.gpt4sm_lr, the best epoch on validation HR@1 kept. Artefacts go to
+trained with BCE on the train split (one sampled negative per positive), baselines.gpt4sm_epochs
+epochs at baselines.gpt4sm_lr, the best epoch on validation HR@1 kept. Artefacts go to
 `<output_dir>/<dataset>/baselines/gpt4sm/`.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..metrics import evaluate, topk_metrics
-from ..runs import dataset_root, new_run_dir, write_run
+from ..store import dataset_root, new_run_dir, write_run
 from .enhanced import EnhancedDomainModel
 
 
@@ -87,7 +87,7 @@ class GPT4SM(torch.nn.Module):
 
 def train_gpt4sm(model: GPT4SM, ds, params: Mapping, progress: bool = True) -> list[dict]:
     from ..domain.trainer import NegativeSampler
-    j = params["joint"]
+    j = params["baselines"]
     seed = int(params["seed"])
     users, items = ds.train["user"].to_numpy(), ds.train["item"].to_numpy()
     sampler = NegativeSampler(users, items, ds.n_items)

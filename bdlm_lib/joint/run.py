@@ -21,7 +21,7 @@ import yaml
 from safetensors.torch import save_file
 
 from ..metrics import evaluate, topk_metrics
-from ..runs import dataset_root, write_run
+from ..store import dataset_root, write_run
 from .cascade import cascade_topk_prompts, make_cascade_score_fn, make_shared_score_fns
 from .enhanced import EnhancedDomainModel
 from .sharing import DomainProjection, InformationSharingModule

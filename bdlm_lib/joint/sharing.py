@@ -1,4 +1,4 @@
-"""The information sharing module M of deep mutual learning (paper §4.3, Eq. 7-8, SPEC §5).
+"""The information sharing module M of deep mutual learning (paper §4.3, Eq. 7-8).
 
 M = {M_U [n_users, h], M_I [n_items, h]} lives in the LLM's hidden space h. It holds no gradient
 (buffers): each side is pulled towards M by an MSE term (`mutual_learning_loss`), then writes its

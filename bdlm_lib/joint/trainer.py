@@ -1,4 +1,4 @@
-"""Joint training by deep mutual learning (paper §4.3, Algorithm 1, SPEC §5).
+"""Joint training by deep mutual learning (paper §4.3, Algorithm 1).
 
 Each step takes one aligned batch of SFT samples (u, i, prompt, answer, label) from
 `PromptBuilder.train_samples` and runs
@@ -28,10 +28,10 @@ from typing import Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..llm.sft import _schedule, setup_trainable
-from ..runs import atomic_dir, read_json, write_json
+from ..runs import atomic_dir, read_json, read_safetensors, write_json
 from ..llm.sft import collate
 from .llm_io import JointLLM, item_hidden, gathered, id_rows, id_tables, prompt_ids
 from .sharing import mutual_learning_loss
@@ -389,9 +389,9 @@ class JointTrainer:
             torch.distributed.barrier()
 
     def load_side(self, path: Path, side: str) -> None:
-        self.load_llm_state(load_file(str(path / "llm.safetensors")))
+        self.load_llm_state(read_safetensors(path / "llm.safetensors"))
         if side == "drs":
-            self.load_domain_state(load_file(str(path / "domain.safetensors")))
+            self.load_domain_state(read_safetensors(path / "domain.safetensors"))
 
     def save_checkpoint(self, path: Path) -> None:
         """Plain: everything in `path` (atomic). DeepSpeed: the engine's own checkpoint (LLM +
@@ -421,14 +421,14 @@ class JointTrainer:
         if self.engine is not None:
             self.engine.load_checkpoint(str(path) + "_ds", tag="latest")
         else:
-            self.load_llm_state(load_file(str(path / "llm.safetensors")))
+            self.load_llm_state(read_safetensors(path / "llm.safetensors"))
             # weights_only: never unpickle arbitrary objects
             opt = torch.load(path / "llm_optim.pt", weights_only=True)
             self.llm_opt.load_state_dict(opt["llm_opt"])
             self.llm_sched.load_state_dict(opt["llm_sched"])
-        self.load_domain_state(load_file(str(path / "domain.safetensors")))
+        self.load_domain_state(read_safetensors(path / "domain.safetensors"))
         if self.M is not None:
-            self.M.load_state_dict(load_file(str(path / "sharing.safetensors")))
+            self.M.load_state_dict(read_safetensors(path / "sharing.safetensors"))
         self.dom_opt.load_state_dict(torch.load(path / "domain_optim.pt", weights_only=True)["dom_opt"])
         self.step, self.history = int(state["step"]), state["history"]
         self.history["resumed_from_step"] = self.step

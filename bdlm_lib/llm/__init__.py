@@ -1,4 +1,4 @@
-"""The LLM side of BDLM (SPEC §3): backbone, extended tokens, pre-loading, prompts, SFT, scoring."""
+"""The LLM side of BDLM (paper §4.1): backbone, extended tokens, pre-loading, prompts, SFT, scoring."""
 from .backbone import BackboneError, load_backbone, resolve_backbone
 from .prompts import Prompt, PromptBuilder
 from .run import VARIANTS, domain_tables, prepare_llm, run_llm

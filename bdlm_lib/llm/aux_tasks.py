@@ -1,4 +1,4 @@
-"""Auxiliary recommendation-knowledge SFT tasks (Cao et al. 2024, SPEC §8): classic recommender
+"""Auxiliary recommendation-knowledge SFT tasks (Cao et al. 2024): classic recommender
 operations (Masked Item Modeling, Bayesian Personalized Ranking) written as natural-language SFT
 samples, mixed with the recommendation-task samples (params.sft.aux_tasks / sft.aux_ratio).
 

@@ -107,11 +107,17 @@ def load_backbone(name_or_path: str = "smollm2-135m-instruct",
     tok = _tokenizer(folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
-    except (OSError, ValueError, KeyError) as e:
-        raise BackboneError(f"{folder}: cannot load backbone ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # a corrupt weights file raises safetensors' own error, not an OSError
+        hint = "; delete the folder to convert it again" if name_or_path in EMBEDDED else ""
+        raise BackboneError(f"{folder}: cannot load backbone ({_first_line(e)}){hint}") from None
     model.config.pad_token_id = tok.pad_token_id
     model.eval()
     return model, tok
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 def load_tokenizer(name_or_path: str = "smollm2-135m-instruct", cache_dir: str | os.PathLike | None = None):

@@ -1,4 +1,4 @@
-"""The two prompt templates of the paper (Table 2, SPEC §3) and the SFT samples built from them.
+"""The two prompt templates of the paper (Table 2, §4.1.3) and the SFT samples built from them.
 
 Format (params.llm.prompt_format):
 - "chat" (default): the instruct model's own chat template, with a short system message

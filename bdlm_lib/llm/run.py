@@ -1,6 +1,6 @@
 """One LLM-side run end to end: backbone -> (ET, PE) -> (SFT) -> evaluation -> run folder.
 
-Variants (SPEC §6):
+Variants (the paper's baselines and ablations, §5.3 and §5.5.2):
   llmrec       the instruct backbone zero-shot, text-only prompts, no SFT (LLM-Rec baseline)
   instructrec  text-only SFT (= w/o ET)
   et_pe        ET + PE, SFT (= BDLM w/o JL)
@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 
 from ..metrics import evaluate
-from ..runs import dataset_root, new_run_dir, write_run
+from ..store import dataset_root, new_run_dir, write_run
 from .backbone import load_backbone
 from .prompts import PromptBuilder
 from .scoring import make_score_fn

@@ -1,4 +1,4 @@
-"""Scoring with the LLM (SPEC §3): no free generation in the metrics.
+"""Scoring with the LLM: no free generation in the metrics.
 
 - top-K with ET: ONE forward pass per batch of prompts; a candidate's score is the logit of its
   `<iid_j>` token at the answer position (restricted to the 20 candidate rows of the output layer,
