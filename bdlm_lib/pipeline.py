@@ -4,8 +4,8 @@
     run_method("instructrec", params, ds)    -> text-only SFT of the backbone
     run_method("bdlm", params, ds)           -> joint training (both sides reported)
 
-Method names are the batch runner's (`bdlm_lib.experiments.batch.METHODS`); their param bundles
-are applied by `method_params`, so a notebook run by hand and a batch run resolve the same params.
+Method names are those of the method table (`bdlm_lib/methods.py`); their parameter bundles are
+applied by `method_params`, so a notebook run by hand and a batch run resolve the same params.
 """
 from __future__ import annotations
 
@@ -13,30 +13,14 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-DOMAIN_METHODS = {"lightgcn": "lightgcn", "ncf": "ncf", "gmf": "mf", "mf": "mf", "sasrec": "sasrec",
-                  "gru4rec": "gru4rec", "bert4rec": "bert4rec"}
-LLM_METHODS = {"llmrec": "llmrec", "instructrec": "instructrec", "et_pe": "et_pe", "et": "et"}
-JOINT_METHODS = ("bdlm", "wo_jl", "wo_pe", "wo_et", "bdlm_ncf")
-BASELINES = ("lightgcn", "ncf", "gmf", "sasrec", "gru4rec", "bert4rec", "llmrec", "instructrec", "gpt4sm")
-ABLATIONS = ("bdlm", "wo_jl", "wo_pe", "wo_et")
-# BDLM's domain step without the LLM: is BDLM-drs's gain the LLM's, or the prompt candidates'?
-CONTROL_METHODS = ("ncf_ft", "lightgcn_ft")
-
-# Paper names for tables (Table 3 / Figure 5).
-DISPLAY = {"lightgcn": "LightGCN", "ncf": "NCF", "gmf": "GMF", "sasrec": "SASRec", "gru4rec": "GRU4Rec",
-           "bert4rec": "BERT4Rec", "llmrec": "LLM-Rec", "instructrec": "InstructRec", "gpt4sm": "GPT4SM",
-           "et_pe": "ET+PE SFT", "bdlm": "BDLM", "wo_jl": "w/o JL", "wo_pe": "w/o PE", "wo_et": "w/o ET",
-           "bdlm_ncf": "BDLM-NCF", "ncf_ft": "NCF-FT", "lightgcn_ft": "LightGCN-FT"}
+from . import methods
 
 
 def method_params(method: str, dataset: str, preset: str, overrides: Mapping | None = None,
                   **top) -> "Params":  # noqa: F821
     """load_params with the method's bundle applied before the caller's overrides."""
-    from .experiments.batch import METHODS
     from .params import load_params
-    if method not in METHODS and method not in LLM_METHODS:
-        raise ValueError(f"method '{method}': expected one of {', '.join(sorted(set(METHODS) | set(LLM_METHODS)))}")
-    bundle = dict(METHODS.get(method, {}))
+    bundle = dict(methods.get(method).bundle)
     over = {**bundle, **{k: v for k, v in top.items() if v is not None}, **dict(overrides or {})}
     return load_params(dataset, preset, overrides=over)
 
@@ -46,27 +30,26 @@ def run_method(method: str, params: Mapping, ds=None, run_dir: str | Path | None
     """Train and evaluate `method`; returns its metrics (the run folder is in metrics["run_dir"]).
     BDLM-type methods return {"llm": …, "drs": …} besides the drs headline."""
     from .data import load_dataset
+    kind = methods.get(method).kind
     if ds is None:
         ds = load_dataset(params)
     t0 = time.perf_counter()
-    if method in DOMAIN_METHODS:
+    if kind == "domain":
         from .domain import run_domain
         _, metrics, out = run_domain(params, ds, run_dir=run_dir)
-    elif method in LLM_METHODS:
+    elif kind == "llm":
         from .llm.run import run_llm
-        metrics, out = run_llm(params, ds, LLM_METHODS[method], progress=progress, run_dir=run_dir)
-    elif method == "gpt4sm":
-        from .joint.gpt4sm import run_gpt4sm
+        metrics, out = run_llm(params, ds, method, progress=progress, run_dir=run_dir)
+    elif kind == "gpt4sm":
+        from .baselines.gpt4sm import run_gpt4sm
         metrics, out = run_gpt4sm(params, ds, progress=progress, run_dir=run_dir)
-    elif method in CONTROL_METHODS:
-        from .joint.control import run_candidate_finetune
+    elif kind == "control":
+        from .baselines.control import run_candidate_finetune
         metrics, out = run_candidate_finetune(params, ds, progress=progress, run_dir=run_dir)
-    elif method in JOINT_METHODS:
+    else:
         from .joint.run import run_bdlm
         m_llm, m_drs, out = run_bdlm(params, ds, progress=progress, run_dir=run_dir)
         metrics = {**m_drs, "llm": m_llm, "drs": m_drs}
-    else:
-        raise ValueError(f"method '{method}': no runner (known: {', '.join(BASELINES + JOINT_METHODS + CONTROL_METHODS)})")
     metrics = dict(metrics)
     metrics["run_dir"] = str(out)
     metrics.setdefault("seconds_total", round(time.perf_counter() - t0, 1))
@@ -80,7 +63,7 @@ def headline_rows(results: Mapping[str, Mapping]) -> "pd.DataFrame":  # noqa: F8
     for method, m in results.items():
         sides = [("-llm", m["llm"]), ("-drs", m["drs"])] if "llm" in m and "drs" in m else [("", m)]
         for suffix, s in sides:
-            rows.append({"method": DISPLAY.get(method, method) + suffix,
+            rows.append({"method": methods.get(method).display + suffix,
                          "HR@1": s["topk"]["HR@1"], "HR@2": s["topk"]["HR@2"],
                          "F1": s["binary"]["f1"], "AUC": s["binary"]["auc"],
                          "users": s["topk"]["n_users"]})
@@ -91,20 +74,19 @@ def run_recorded(method: str, params: Mapping, ds, parent: str | Path, lambda_ml
                  progress: bool = True) -> dict:
     """run_method into `<parent>/<run_id>/` with the batch runner's run.json, so the report finds
     runs made by a notebook by hand exactly like batch runs. A finished run is reused."""
+    from . import store
     from .runs import read_json, write_json
-    joint = method in JOINT_METHODS and method != "wo_jl"
-    run_id = f"{method}-lam{float(lambda_ml if lambda_ml is not None else params['joint']['lambda_ml']):g}" \
-        if joint else method
-    run_dir = Path(parent) / f"{run_id}-s{params['seed']}"
-    if (run_dir / "metrics.json").exists():
-        m = read_json(run_dir / "metrics.json")
+    lam = float(lambda_ml if lambda_ml is not None else params["joint"]["lambda_ml"]) \
+        if methods.get(method).uses_lambda else None
+    run_dir = Path(parent) / methods.run_id(method, params["seed"], lam)
+    # a finished run with these parameters is reused; one with other parameters is an error
+    if store.claim(run_dir, params) == "finished":
+        m = read_json(run_dir / store.METRICS)
         m["run_dir"] = str(run_dir)
         return m
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "run.json", {"method": method, "dataset": str(params["dataset"]),
-                                      "seed": params["seed"], "preset": params.get("preset"),
-                                      "lambda_ml": float(params["joint"]["lambda_ml"]) if joint else None,
-                                      "run_id": run_dir.name})
+    write_json(run_dir / store.RUN, {"method": method, "dataset": str(params["dataset"]),
+                                     "seed": params["seed"], "preset": params["preset"],
+                                     "lambda_ml": lam, "run_id": run_dir.name})
     return run_method(method, params, ds, run_dir=run_dir, progress=progress)
 
 

@@ -18,13 +18,13 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from .params import ParamsError, safe_name, save_params
-from .runs import atomic_write_bytes, read_json, write_json
+from .runs import atomic_write_bytes, atomic_write_text, read_json, write_json
 
 PARAMS, FINGERPRINT, RUN, ENVIRONMENT, METRICS = \
     "params.yaml", "fingerprint.json", "run.json", "environment.json", "metrics.json"
@@ -37,6 +37,31 @@ NOT_IDENTITY = ("output_dir", "data_dir", "llm.model_cache", "domain.progress")
 
 class StoreError(ValueError):
     """A run folder that cannot be used as asked: the message names the folder or the lock."""
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+def is_plain_name(v: Any) -> bool:
+    """Letters, digits and `_.+=-`, no separator, no `..`: safe as one path component."""
+    return isinstance(v, str) and bool(_NAME.match(v)) and ".." not in v
+
+
+def safe_name(value: Any, what: str) -> str:
+    """`value` as one path component, or a StoreError naming `what`."""
+    if not is_plain_name(str(value)):
+        raise StoreError(f"{what} {str(value)!r}: not a plain name (letters, digits, _ . + = -; no '/' or '..')")
+    return str(value)
+
+
+def _plain(d: Any) -> Any:
+    return {k: _plain(v) for k, v in d.items()} if isinstance(d, Mapping) else d
+
+
+def write_params(params: Mapping, path: str | os.PathLike) -> None:
+    """params.yaml, atomically (the layered parameters, resolved)."""
+    import yaml
+    atomic_write_text(path, yaml.safe_dump(_plain(params), sort_keys=False))
 
 
 def flat(params: Mapping, prefix: str = "") -> dict:
@@ -115,21 +140,14 @@ def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
 def dataset_root(params: Mapping) -> Path:
     """`<output_dir>/<dataset>`: where every stage's run folders of one dataset live (a dataset
     given as a folder path is named by its last component)."""
-    name = Path(str(params["dataset"])).name
-    try:
-        safe_name(name, "dataset")
-    except ParamsError as e:
-        raise StoreError(str(e)) from None
+    name = safe_name(Path(str(params["dataset"])).name, "dataset")
     return Path(params["output_dir"]) / name
 
 
 def run_folder(params: Mapping, group: str, run_id: str) -> Path:
     """`<output_dir>/<dataset>/<group>/<run_id>`, each name checked, inside the output folder."""
     for what, v in (("group", group), ("run id", run_id)):
-        try:
-            safe_name(v, what)
-        except ParamsError as e:
-            raise StoreError(str(e)) from None
+        safe_name(v, what)
     return inside(params["output_dir"], dataset_root(params) / group / run_id)
 
 
@@ -147,7 +165,7 @@ def claim(run_dir: str | os.PathLike, params: Mapping, rerun_changed: bool = Fal
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if state != "finished":
-        save_params(params, run_dir / PARAMS)
+        write_params(params, run_dir / PARAMS)
         write_fingerprint(run_dir, params)
     return state
 
@@ -178,14 +196,15 @@ def environment_info() -> dict:
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
     }
-    for mod in ("torch", "transformers", "numpy", "pandas", "sklearn", "peft", "deepspeed"):
-        m = sys.modules.get(mod)
-        if m is None:
-            try:
-                m = __import__(mod)
-            except Exception:
-                continue
-        info[mod] = getattr(m, "__version__", "?")
+    from importlib.metadata import PackageNotFoundError, version
+    # read from the installed metadata: importing deepspeed only to ask would print its notices
+    for mod, dist in (("torch", "torch"), ("transformers", "transformers"), ("numpy", "numpy"),
+                      ("pandas", "pandas"), ("sklearn", "scikit-learn"), ("peft", "peft"),
+                      ("deepspeed", "deepspeed")):
+        try:
+            info[mod] = version(dist)
+        except PackageNotFoundError:
+            continue
     try:
         import torch
         info["cuda"] = torch.cuda.is_available()
@@ -221,7 +240,7 @@ def write_run(run_dir: str | os.PathLike, params: Mapping | None = None,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if params is not None:
-        save_params(params, run_dir / PARAMS)
+        write_params(params, run_dir / PARAMS)
         if not (run_dir / FINGERPRINT).exists():  # a batch's claim wrote the identity it asked for
             write_fingerprint(run_dir, params)
     write_json(run_dir / ENVIRONMENT, environment_info())

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bdlm_lib.cli import parse_overrides  # noqa: E402
+from bdlm_lib.params import parse_overrides  # noqa: E402
 from bdlm_lib.data import load_dataset  # noqa: E402
 from bdlm_lib.domain import NegativeSampler, build_domain_model  # noqa: E402
 from bdlm_lib.domain.trainer import model_setting, train_epoch, valid_hr1  # noqa: E402

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bdlm_lib.cli import parse_overrides  # noqa: E402
+from bdlm_lib.params import parse_overrides  # noqa: E402
 from bdlm_lib.data import load_dataset  # noqa: E402
 from bdlm_lib.pipeline import method_params, run_method  # noqa: E402
 
@@ -107,11 +107,12 @@ def main() -> None:
     # wall - train = both sides' test evaluations (+ saving the embeddings)
     t["eval_bdlm_user_s"] = (m["llm"]["wall_seconds"] - m["llm"]["train_seconds"]) / args.eval_users
     if args.deepspeed:
-        from bdlm_lib.joint.deepspeed_entry import run_bdlm_deepspeed
-        params = method_params("bdlm", args.dataset, "paper", over)
+        from bdlm_lib.joint.run import run_bdlm
+        params = method_params("bdlm", args.dataset, "paper",
+                               {**over, "joint.deepspeed_config": "params/deepspeed/zero3.json"})
         t0 = time.perf_counter()
         try:
-            _, _, ds_dir = run_bdlm_deepspeed(params, ds, progress=False)
+            _, _, ds_dir = run_bdlm(params, ds, progress=False)
             t["joint_step_s_deepspeed_zero3"] = step_seconds(ds_dir)
             print(f"deepspeed: {time.perf_counter() - t0:.1f} s", flush=True)
         except Exception as e:  # report, keep the other figures

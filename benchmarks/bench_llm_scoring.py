@@ -46,7 +46,7 @@ def main(argv=None):
     from bdlm_lib.llm import PromptBuilder, extend_tokens, load_backbone
     from bdlm_lib.llm.scoring import (answer_hidden, continuation_loglik, generate_answers,
                                       parse_topk_answer, score_binary_prompts, score_topk_prompts)
-    from bdlm_lib.llm.sft import body, collate
+    from bdlm_lib.llm.batching import body, collate
     from bdlm_lib.params import load_params
 
     params = load_params(args.dataset, args.preset, {"output_dir": args.output_dir})

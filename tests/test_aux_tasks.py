@@ -201,7 +201,8 @@ def test_same_seed_same_samples(world):
 
 def test_aux_samples_train_and_score_through_the_sft_code(world):
     from bdlm_lib.llm.scoring import restricted_logits, score_topk_prompts
-    from bdlm_lib.llm.sft import collate, sft_train
+    from bdlm_lib.llm.batching import collate
+    from bdlm_lib.llm.sft import sft_train
     ds, b, model, tok = world["ds"], world["et"], world["model"], world["tok_et"]
     p = world["params"](sft__max_steps=2, sft__batch_size=4)
     aux = build_aux_samples(ds, b, p, n=8, seed=0)

@@ -1,6 +1,6 @@
 """DeepSpeed path of joint training: the LLM step through `deepspeed.initialize` (ZeRO-3, torch
 AdamW, single CPU process on gloo) gives the same per-step losses as the plain path, and the
-`deepspeed_entry` command runs end to end. Same fixture world as test_joint (tiny Llama)."""
+`bdlm joint` command runs end to end. Same fixture world as test_joint (tiny Llama)."""
 from __future__ import annotations
 
 import json
@@ -20,7 +20,7 @@ pytest.importorskip("deepspeed")
 def dist_env():
     """One local gloo process group (world 1) for the module: DeepSpeed caches the group, so it is
     not re-created between tests; the environment is restored afterwards."""
-    from bdlm_lib.joint.deepspeed_entry import init_distributed
+    from bdlm_lib.joint.distributed import init_distributed
     saved = dict(os.environ)
     for k in ("MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
         os.environ.pop(k, None)
@@ -34,7 +34,7 @@ def dist_env():
 
 @pytest.mark.parametrize("stage", [3])
 def test_deepspeed_steps_equal_plain_steps(params, dist_env, stage):  # noqa: F811
-    from bdlm_lib.joint.deepspeed_entry import engine_factory, load_ds_config
+    from bdlm_lib.joint.distributed import engine_factory, load_ds_config
     p = params(joint__max_steps=3, joint__batch_size=4, joint__lambda_ml=1.0)
     plain, _ = make_trainer(p)
     ref = [plain.run_step(g) for g in range(3)]
@@ -57,14 +57,13 @@ def test_deepspeed_steps_equal_plain_steps(params, dist_env, stage):  # noqa: F8
     assert ref[-1]["L_LLM"] != ref[0]["L_LLM"]        # the steps did train
 
 
-def test_deepspeed_entry_end_to_end(world, dist_env, tmp_path):  # noqa: F811
-    from bdlm_lib.joint import deepspeed_entry
-    deepspeed_entry.main(["--dataset", str(world["data"]), "--preset", "smoke",
-                          "--deepspeed_config", "params/deepspeed/zero3.json",
-                          "--set", f"output_dir={tmp_path / 'out'}", "--set", "data.sample_users=null",
-                          "--set", f"llm.backbone={world['llm']}", "--set", "joint.max_steps=2",
-                          "--set", "joint.batch_size=4", "--set", "eval.max_users=8",
-                          "--set", "domain.progress=false"])
+def test_deepspeed_joint_command_end_to_end(world, dist_env, tmp_path):  # noqa: F811
+    from bdlm_lib.cli import main
+    assert main(["joint", "--dataset", str(world["data"]), "--preset", "smoke", "--set",
+                 "joint.deepspeed_config=params/deepspeed/zero3.json",
+                 f"output_dir={tmp_path / 'out'}", "data.sample_users=null",
+                 f"llm.backbone={world['llm']}", "joint.max_steps=2",
+                 "joint.batch_size=4", "eval.max_users=8", "domain.progress=false"]) == 0
     assert torch.distributed.is_initialized()     # the caller's group is left alone
     run = next((tmp_path / "out").glob("*/bdlm/*-ds"))
     m = json.loads((run / "metrics.json").read_text())

@@ -321,8 +321,7 @@ def test_run_bdlm_writes_both_sides_and_artefacts(params):
 # ---------------------------------------------------------------------------- GPT4SM
 
 def test_gpt4sm_baseline_runs_with_frozen_text_embeddings(params):
-    from bdlm_lib.joint import run_gpt4sm
-    from bdlm_lib.joint.gpt4sm import text_embeddings
+    from bdlm_lib.baselines.gpt4sm import run_gpt4sm, text_embeddings
     from bdlm_lib.llm.backbone import load_backbone
     p = params(baselines__gpt4sm_epochs=2, eval__max_users=12)
     m, run_dir = run_gpt4sm(p, progress=False)
@@ -370,8 +369,8 @@ def test_claim_run_dir_resumes_same_params_only(params, tmp_path):
 def test_control_replays_the_joint_domain_step_without_the_llm(params):
     """ncf_ft / lightgcn_ft train on exactly the (user, item, label) examples BDLM's domain step
     takes at each step, from the same samples, and write a run the report labels."""
-    from bdlm_lib.experiments.report import collect_runs
-    from bdlm_lib.joint.control import candidate_examples, candidate_finetune, joint_samples
+    from bdlm_lib.report import collect_runs
+    from bdlm_lib.baselines.control import candidate_examples, candidate_finetune, joint_samples
     from bdlm_lib.joint.trainer import domain_examples, step_seed
     from bdlm_lib.pipeline import run_method
     p = params(domain__model="ncf", joint__max_steps=3, joint__batch_size=4)

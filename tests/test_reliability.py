@@ -210,7 +210,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_says_one_line(tmp_path):
 # ---------------------------------------------------------------- 7. errors that name the file
 def test_corrupt_artefacts_are_named(tmp_path):
     from bdlm_lib.domain.run import load_domain
-    from bdlm_lib.experiments.report import build_report
+    from bdlm_lib.report import build_report
     run = tmp_path / "ml1m" / "b" / "lightgcn-s1"
     run.mkdir(parents=True)
     (run / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{trunc")

@@ -11,7 +11,7 @@ import pytest
 
 from bdlm_lib import load_params
 from bdlm_lib.data import load_dataset
-from bdlm_lib.experiments.report import build_report, collect_runs, paired_test, per_user
+from bdlm_lib.report import build_report, collect_runs, paired_test, per_user
 from bdlm_lib.metrics import evaluate
 from bdlm_lib.runs import write_json
 
@@ -46,7 +46,7 @@ def outputs(tmp_path_factory):
     store("instructrec-s42", "instructrec", {"main": 0.3})
     store("lightgcn-s42", "lightgcn", {"main": 1.0}, topk_users=60)   # ranks more users than the rest
     store("ncf-s42", "ncf", {"main": 0.5})
-    store("lightgcn_ft-s42", "lightgcn_ft", {"main": 1.1})   # controls (bdlm_lib/joint/control.py)
+    store("lightgcn_ft-s42", "lightgcn_ft", {"main": 1.1})   # controls (bdlm_lib/baselines/control.py)
     store("ncf_ft-s42", "ncf_ft", {"main": 0.6})
     store("wo_jl-s42", "wo_jl", {"llm": 1.2, "drs": 1.5})
     store("wo_pe-lam0.1-s42", "wo_pe", {"llm": 1.3, "drs": 1.6}, 0.1)

@@ -40,7 +40,7 @@ def dataset_dir(params: Mapping) -> Path:
     return dataset_root(params) / "data" / dataset_tag(params)
 
 
-def _recipe(params: Mapping) -> dict:
+def recipe(params: Mapping) -> dict:
     """The params that determine the prepared data (a change invalidates the cache)."""
     return {"dataset": str(params["dataset"]), "seed": params["seed"],
             "data": {k: params["data"].get(k) for k in ("format", "kcore", "top_items", "sample_users",
@@ -94,7 +94,7 @@ def _locate(params: Mapping, spec: registry.DatasetSpec | None) -> tuple:
             raise
         if not download.missing_files(spec, folder):
             raise  # the official files are there but unreadable: the detect error says why
-        if not params["data"].get("download", True):
+        if not params["data"]["download"]:
             raise DataError(f"{folder}: dataset files missing and data.download is false") from None
     download.ensure_files(spec, folder)
     return spec, folder, fmt or detect_format(folder)
@@ -108,13 +108,13 @@ def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True,
     e.g. `REGISTRY["ml1m"].with_base_url(url)`). Nothing is written under the output folder
     unless every step succeeds: the folder appears whole (atomic rename) or not at all."""
     out = dataset_dir(params)
-    recipe = _recipe(params)
+    rec = recipe(params)
     if not force and (out / "manifest.json").exists():
         try:
             man = read_json(out / "manifest.json")
         except (OSError, ValueError):
             man = {}
-        if man.get("recipe") == recipe and man.get("version") == MANIFEST_VERSION and all(
+        if man.get("recipe") == rec and man.get("version") == MANIFEST_VERSION and all(
                 (out / f"{n}.parquet").exists() for n in PARQUETS):
             why = _inputs_changed(man, params, spec)
             if why is None:
@@ -145,7 +145,7 @@ def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True,
         "format": fmt,
         "noun": noun,
         "seed": params["seed"],
-        "recipe": recipe,
+        "recipe": rec,
         "params": {k: params[k] for k in ("dataset", "seed", "data", "testset")},
         "inputs": (inputs := _input_stats(folder)),
         "inputs_sha256": {n: v["sha256"] for n, v in inputs.items()},

@@ -26,7 +26,7 @@ from safetensors.torch import save as st_save
 from ..params import Params
 from ..runs import atomic_write_bytes
 from ..store import dataset_root, new_run_dir, write_run
-from . import build_domain_model, domain_device
+from .factory import build_domain_model, domain_device
 from .trainer import CHECKPOINT, evaluate_domain, train_domain
 
 

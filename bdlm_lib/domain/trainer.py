@@ -232,7 +232,7 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
     epochs = int(d["epochs"])
     min_epochs = int(model_setting(params, model.name, "min_epochs") or 0)
     bar = tqdm(range(state["epoch"] + 1, epochs), initial=state["epoch"] + 1, total=epochs,
-               desc=f"{model.name}", disable=not d.get("progress", True), leave=False)
+               desc=f"{model.name}", disable=not d["progress"], leave=False)
     for epoch in bar:
         if state["done"]:
             break

@@ -1,14 +1,5 @@
-"""Experiments: batches of notebooks over papermill (`batch`) and the paper's tables and figures
-assembled from stored run folders (`report`). Nothing here imports a model: these modules read
-params files, notebooks, metrics.json and predictions.parquet only.
-"""
+"""Experiments: batches of notebooks over papermill. Nothing here imports a model: the runner
+reads batch files, params files and notebooks, and each run's metrics.json."""
 from .batch import BatchError, expand_batch, load_batch, run_batch
 
-__all__ = ["BatchError", "expand_batch", "load_batch", "run_batch", "build_report"]
-
-
-def __getattr__(name):  # the report pulls in seaborn/matplotlib: import it only when asked for
-    if name == "build_report":
-        from .report import build_report
-        return build_report
-    raise AttributeError(name)
+__all__ = ["BatchError", "expand_batch", "load_batch", "run_batch"]

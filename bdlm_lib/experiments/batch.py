@@ -11,7 +11,7 @@ Batch YAML (params/batches/*.yaml):
     kernel: null                # Jupyter kernel (null: the notebook's own kernelspec)
     execution_timeout: null     # seconds per cell (null: none)
     overrides: {sft.max_steps: 30}     # applied to every run (dotted or nested keys)
-    methods:                    # extra / redefined method bundles (built-ins: METHODS below)
+    methods:                    # extra / redefined method bundles (built-ins: bdlm_lib/methods.py)
       bdlm_ema: {joint.joint: true, joint.ml_update: ema}       # a new bundle: exactly these keys
       instructrec: {extends: instructrec, eval.topk_users: 400} # extends: a built-in (or earlier) bundle + these keys
     flags:                      # named ablation-flag bundles crossed with every method
@@ -49,8 +49,9 @@ from typing import Any, Iterable, Iterator, Mapping
 import pandas as pd
 import yaml
 
+from .. import methods as methods_table
 from .. import store
-from ..params import ParamsError, load_params, safe_name
+from ..params import ParamsError, load_params
 from ..runs import read_json, write_json
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -58,30 +59,8 @@ REPO = Path(__file__).resolve().parent.parent.parent
 # What the runner injects into every notebook: its `parameters` cell must declare each of these.
 INJECTED = ("dataset", "preset", "data_dir", "output_dir", "seed", "run_dir", "method", "overrides")
 
-# Named bundles of param overrides (paper §5.3, §5.5). The notebooks also receive `method`, so the
-# ones that differ by code path (llmrec: no SFT; gpt4sm: frozen-LLM text features) branch on it.
-METHODS: dict[str, dict] = {
-    # BDLM and its ablations (λ applies where joint.joint is true)
-    "bdlm": {"joint.joint": True, "llm.extend_tokens": True, "llm.preload": True, "domain.model": "lightgcn"},
-    "wo_jl": {"joint.joint": False, "llm.extend_tokens": True, "llm.preload": True, "domain.model": "lightgcn"},
-    "wo_pe": {"joint.joint": True, "llm.extend_tokens": True, "llm.preload": False, "domain.model": "lightgcn"},
-    "wo_et": {"joint.joint": True, "llm.extend_tokens": False, "domain.model": "lightgcn"},
-    "bdlm_ncf": {"joint.joint": True, "llm.extend_tokens": True, "llm.preload": True, "domain.model": "ncf"},
-    # LLM baselines
-    "llmrec": {"joint.joint": False, "llm.extend_tokens": False, "llm.preload": False, "sft.max_steps": 0},
-    "instructrec": {"joint.joint": False, "llm.extend_tokens": False, "llm.preload": False},
-    "gpt4sm": {"joint.joint": False, "llm.extend_tokens": False, "llm.preload": False, "domain.model": "lightgcn"},
-    # controls for BDLM-drs: the joint run's domain step without the LLM (bdlm_lib/joint/control.py)
-    "ncf_ft": {"domain.model": "ncf"},
-    "lightgcn_ft": {"domain.model": "lightgcn"},
-    # domain baselines (GMF = the schema's mf)
-    "lightgcn": {"domain.model": "lightgcn"},
-    "ncf": {"domain.model": "ncf"},
-    "gmf": {"domain.model": "mf"},
-    "sasrec": {"domain.model": "sasrec"},
-    "gru4rec": {"domain.model": "gru4rec"},
-    "bert4rec": {"domain.model": "bert4rec"},
-}
+# The built-in method bundles (bdlm_lib/methods.py); a batch file's `methods:` adds or redefines.
+METHODS: dict[str, dict] = {n: dict(m.bundle) for n, m in methods_table.METHODS.items()}
 
 
 class BatchError(ValueError):
@@ -141,9 +120,7 @@ def _list(v: Any, default: list) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def lam_tag(lam: float) -> str:
-    """0.1 -> '0.1', 1e-3 -> '0.001', 10 -> '10', 0 -> '0' (stable, filename-safe)."""
-    return f"{float(lam):g}"
+lam_tag = methods_table.lam_tag
 
 
 def load_batch(path: str | Path, _chain: tuple = ()) -> dict:
@@ -208,8 +185,8 @@ def load_batch(path: str | Path, _chain: tuple = ()) -> dict:
 def _name(path: Path, key: str, value: Any) -> str:
     """A batch-file value that becomes a folder name: refused with the key if it is not a plain name."""
     try:
-        return safe_name(str(value), key)
-    except ParamsError as e:
+        return store.safe_name(value, key)
+    except store.StoreError as e:
         raise BatchError(f"{path}: {e}") from None
 
 
@@ -338,7 +315,6 @@ def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
         nbs = [s.notebook for s in steps if s.per == "run" and (s.methods is None or m in s.methods)]
         if not nbs:
             raise BatchError(f"{path}: method '{m}' has no notebook step (give a step with methods: [{m}])")
-        tag = m if f == "none" else f"{m}+{f}"
         if methods[m].get("joint.joint") is True:
             lam_v = over.get("joint.lambda_ml")
             if lam_v is None:  # the preset's λ, resolved below; stable because params are
@@ -346,9 +322,9 @@ def expand_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
                     lam_v = load_params(d, preset, base_over).joint.lambda_ml
                 except ParamsError as e:
                     raise BatchError(f"{path}: overrides: {e}") from None
-            add(d, f"{tag}-lam{lam_tag(lam_v)}-s{seed}", m, seed, "run", over, nbs, f, float(lam_v))
+            add(d, methods_table.run_id(m, seed, float(lam_v), f), m, seed, "run", over, nbs, f, float(lam_v))
         else:
-            add(d, f"{tag}-s{seed}", m, seed, "run", over, nbs, f)
+            add(d, methods_table.run_id(m, seed, None, f), m, seed, "run", over, nbs, f)
     for st in (s for s in steps if s.per == "batch"):
         add(all_ds[0], st.id, st.id, all_seeds[0], "batch", dict(base_over), [st.notebook])
 

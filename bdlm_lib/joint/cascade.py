@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..llm.scoring import (_batches, _fill, _pad_id, _progress, p_yes, restricted_logits, score_topk_prompts,
-                           shared_prefix_groups)
-from ..llm.sft import collate, lm_forward
+from ..llm.batching import collate, fill_scores, length_batches, lm_forward, pad_id, progress_bar
+from ..llm.scoring import p_yes, restricted_logits, score_topk_prompts, shared_prefix_groups
 
 
 @torch.no_grad()
@@ -52,10 +51,10 @@ def _eval_mode(llm, enhanced):
 
 def _cascade_batches(llm, builder, enhanced, prompts, batch_size: int, desc: str, progress: bool):
     """Yield (prompt indices, LLM output, h_L) per length-sorted batch, in `_eval_mode`."""
-    pad = _pad_id(builder.tok)
+    pad = pad_id(builder.tok)
     n_b = (len(prompts) + batch_size - 1) // batch_size
     with _eval_mode(llm, enhanced):
-        for idx in _progress(_batches(prompts, batch_size), n_b, desc, progress):
+        for idx in progress_bar(length_batches(prompts, batch_size), n_b, desc, progress):
             out, h = _candidate_hidden(llm, [prompts[i] for i in idx], pad)
             yield idx, out, h
 
@@ -110,7 +109,7 @@ def make_cascade_score_fn(llm, builder, enhanced, batch_size: int = 8, progress:
         if "position" in frame.columns:
             prompts = builder.topk_prompts(frame, with_answer=False)
             drs, _ = cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size, progress)
-            return _fill(frame, prompts, drs)
+            return fill_scores(frame, prompts, drs)
         prompts = builder.binary_prompts(frame, with_answer=False)
         return cascade_binary_prompts(llm, builder, enhanced, prompts, progress)
     return score_fn
@@ -133,7 +132,7 @@ def make_shared_score_fns(llm, builder, enhanced, batch_size: int = 8, progress:
                 prompts = builder.topk_prompts(frame, with_answer=False)
                 drs, lls = cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size, progress,
                                                 with_llm=True)
-                memo[key] = [_fill(frame, prompts, lls), _fill(frame, prompts, drs)]
+                memo[key] = [fill_scores(frame, prompts, lls), fill_scores(frame, prompts, drs)]
             else:
                 prompts = builder.binary_prompts(frame, with_answer=False)
                 drs, lls = cascade_binary_prompts(llm, builder, enhanced, prompts, progress,

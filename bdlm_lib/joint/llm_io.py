@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..llm.sft import collate, lm_forward
+from ..llm.batching import collate, lm_forward
 
 
 def forward_prompts(model, prompts, pad_id: int, with_answer: bool = True):

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from ..metrics import evaluate, topk_metrics
 from ..store import dataset_root, write_run
+from ..methods import joint_method
 from .cascade import cascade_topk_prompts, make_cascade_score_fn, make_shared_score_fns
 from .enhanced import EnhancedDomainModel
 from .sharing import DomainProjection, InformationSharingModule
@@ -47,30 +48,17 @@ def variant_name(params: Mapping) -> str:
     return "-".join(parts)
 
 
-def joint_method(params: Mapping) -> str:
-    """The batch method name (paper §5.3/5.5) a joint run's params amount to: wo_et, wo_pe, wo_jl,
-    bdlm_ncf or bdlm (so a standalone ablation run is reported as that ablation)."""
-    j, llm = params["joint"], params["llm"]
-    if not llm["extend_tokens"]:
-        return "wo_et"
-    if not llm["preload"]:
-        return "wo_pe"
-    if not j["joint"]:
-        return "wo_jl"
-    return "bdlm_ncf" if params["domain"]["model"] == "ncf" else "bdlm"
-
-
 def _same(a, b) -> bool:
-    from ..params import _plain
-    return yaml.safe_dump(_plain(a), sort_keys=True) == yaml.safe_dump(_plain(b), sort_keys=True)
+    from ..params import plain
+    return yaml.safe_dump(plain(a), sort_keys=True) == yaml.safe_dump(plain(b), sort_keys=True)
 
 
 def same_data(saved: Mapping, params: Mapping) -> bool:
     """Made on the same prepared data: the data cache's recipe, which reads a key missing from a
     params.yaml written before that key existed as its null default (data.top_items)."""
-    from ..data.dataset import _recipe
+    from ..data.dataset import recipe
     try:
-        return _same(_recipe(saved), _recipe(params))
+        return _same(recipe(saved), recipe(params))
     except (KeyError, TypeError, AttributeError):   # not a params file of this workbench
         return False
 
@@ -108,8 +96,8 @@ def pretrained_domain(params: Mapping, ds, domain_run=None):
 
 def _fingerprint(params: Mapping) -> str:
     import hashlib
-    from ..params import _plain
-    return hashlib.sha256(yaml.safe_dump(_plain(params), sort_keys=True).encode()).hexdigest()[:16]
+    from ..params import plain
+    return hashlib.sha256(yaml.safe_dump(plain(params), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def claim_run_dir(parent: Path, name: str, params: Mapping) -> Path:
@@ -139,7 +127,7 @@ def build_joint(params: Mapping, ds, domain, llm, tokenizer, run_dir=None, progr
     from ..domain import domain_device
     from ..llm.prompts import PromptBuilder
     from ..llm.tokens import extend_tokens, preload, word_norm
-    seed = int(params.get("seed", 42))
+    seed = int(params["seed"])
     tm = None
     dev = domain_device(params)
     domain.to(dev)
@@ -167,20 +155,20 @@ def build_joint(params: Mapping, ds, domain, llm, tokenizer, run_dir=None, progr
 def validation(params: Mapping, ds):
     """validate_fn for the trainer: valid top-K HR@1 of both sides from one cascade pass (ET)."""
     j = params["joint"]
-    users = j.get("valid_users") or params["eval"]["max_users"]
+    users = j["valid_users"] or params["eval"]["max_users"]
     frame = ds.topk("valid", max_users=users)
-    bs = int(params["sft"].get("eval_batch_size") or 8)
+    bs = int(params["sft"]["eval_batch_size"])
     cache = {}
 
     def fn(trainer) -> dict:
-        from ..llm.scoring import _fill
+        from ..llm.batching import fill_scores
         if "prompts" not in cache:
             cache["prompts"] = trainer.builder.topk_prompts(frame, with_answer=False)
         prompts = cache["prompts"]
         drs, lls = cascade_topk_prompts(trainer.eval_model(), trainer.builder, trainer.enhanced, prompts, bs,
                                         progress=False, with_llm=True)
-        return {"llm_HR@1": topk_metrics(frame, _fill(frame, prompts, lls), ks=(1,))["HR@1"],
-                "drs_HR@1": topk_metrics(frame, _fill(frame, prompts, drs), ks=(1,))["HR@1"]}
+        return {"llm_HR@1": topk_metrics(frame, fill_scores(frame, prompts, lls), ks=(1,))["HR@1"],
+                "drs_HR@1": topk_metrics(frame, fill_scores(frame, prompts, drs), ks=(1,))["HR@1"]}
     return fn
 
 
@@ -211,7 +199,7 @@ def load_inputs(params: Mapping, ds=None, domain_run=None, verbose: bool = True,
         ds = load_dataset(params, verbose=verbose)
     domain, domain_dir = pretrained_domain(params, ds, domain_run)
     lp = params["llm"]
-    llm, tok = load_backbone(lp["backbone"], lp.get("model_cache"), lp.get("dtype", "float32"))
+    llm, tok = load_backbone(lp["backbone"], lp.get("model_cache"), lp["dtype"])
     if cuda and torch.cuda.is_available():
         llm = llm.cuda()
     return ds, domain, domain_dir, llm, tok
@@ -220,15 +208,35 @@ def load_inputs(params: Mapping, ds=None, domain_run=None, verbose: bool = True,
 def run_bdlm(params: Mapping, ds=None, domain_run=None, progress: bool = True, run_dir=None):
     """Train and evaluate one BDLM variant; returns (metrics_llm, metrics_drs, run_dir).
     An unfinished run folder of the same variant (checkpoint present) is resumed."""
-    if params["joint"].get("deepspeed_config"):
-        from .deepspeed_entry import run_bdlm_deepspeed
-        return run_bdlm_deepspeed(params, ds, domain_run, progress)
+    from ..data import load_dataset
     t0 = time.perf_counter()
-    ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run)
-    parent = dataset_root(params) / "bdlm"
-    run_dir = claim_run_dir(parent, variant_name(params), params) if run_dir is None else Path(run_dir)
+    cfg_path = params["joint"]["deepspeed_config"]
+    rank, factory = 0, None
+    if cfg_path:   # the LLM step under DeepSpeed: every rank runs this function (the launcher's processes)
+        from .distributed import engine_factory, init_distributed, load_ds_config
+        if params["sft"]["trainable"] != "full":
+            raise ValueError("joint.deepspeed_config: params.sft.trainable must be 'full' (the paper's "
+                             "setting; the row-mask hooks of 'top'/'lora' are not ZeRO-3 aware)")
+        rank, _ = init_distributed()
+        factory = engine_factory(params, load_ds_config(cfg_path))
+    if ds is None:
+        ds = load_dataset(params, verbose=rank == 0)
+    if cfg_path:
+        if rank == 0:     # a missing domain run is trained once, by rank 0
+            pretrained_domain(params, ds, domain_run)
+        torch.distributed.barrier()
+    ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run, verbose=rank == 0)
+    if run_dir is None:
+        name = variant_name(params) + ("-ds" if cfg_path else "")
+        run_dir = claim_run_dir(dataset_root(params) / "bdlm", name, params) if rank == 0 else None
+    if cfg_path:   # every rank writes its checkpoint shard into rank 0's folder
+        holder = [str(run_dir) if run_dir else None]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        run_dir = holder[0]
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_joint(params, ds, domain, llm, tok, run_dir=run_dir, progress=progress)
+    trainer = build_joint(params, ds, domain, llm, tok, run_dir=run_dir, progress=progress and rank == 0,
+                          engine_factory=factory)
     trainer.train()
     return finish_run(trainer, params, ds, run_dir, domain_dir, t0, progress)
 
@@ -244,7 +252,7 @@ def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain
     history = trainer.history
     train_seconds = time.perf_counter() - t0
     save_embeddings(trainer, run_dir)
-    bs = int(params["sft"].get("eval_batch_size") or 8)
+    bs = int(params["sft"]["eval_batch_size"])
     mu = params["eval"]["max_users"]
     tu = params["eval"].get("topk_users")
     ks = params["eval"]["ks"]

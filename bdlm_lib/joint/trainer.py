@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ..llm.sft import _schedule, setup_trainable
+from ..llm.batching import epoch_schedule
+from ..llm.sft import setup_trainable
 from ..runs import atomic_dir, read_json, read_safetensors, write_json
-from ..llm.sft import collate
+from ..llm.batching import collate
 from .llm_io import JointLLM, item_hidden, gathered, id_rows, id_tables, prompt_ids
 from .sharing import mutual_learning_loss
 
@@ -73,8 +74,8 @@ def joint_schedule(params: Mapping, n_samples: int) -> tuple[int, list, int]:
     """(batch size, batch schedule, steps to run) of a joint run over `n_samples` samples: the
     order depends only on (seed, epoch); joint.max_steps cuts it."""
     j = params["joint"]
-    bs = int(j.get("batch_size") or params["sft"]["batch_size"])
-    schedule = _schedule(n_samples, bs, int(j["epochs"]), int(params.get("seed", 42)))
+    bs = int(j["batch_size"] or params["sft"]["batch_size"])
+    schedule = epoch_schedule(n_samples, bs, int(j["epochs"]), int(params["seed"]))
     total = len(schedule) if j.get("max_steps") is None else min(len(schedule), int(j["max_steps"]))
     return bs, schedule, total
 
@@ -127,7 +128,7 @@ class JointTrainer:
         self.lam = float(j["lambda_ml"])
         if self.lam < 0 or not math.isfinite(self.lam):
             raise ValueError(f"params.joint.lambda_ml must be a finite number >= 0, got {self.lam}")
-        self.seed = int(params.get("seed", 42))
+        self.seed = int(params["seed"])
         if samples is None:
             samples = joint_samples_of(builder, ds, params)
         self.samples = samples
@@ -199,7 +200,7 @@ class JointTrainer:
         else:
             self.llm_opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.llm_params, float(self.params["sft"].get("max_grad_norm") or 1.0))
+            torch.nn.utils.clip_grad_norm_(self.llm_params, float(self.params["sft"]["max_grad_norm"]))
             self.llm_opt.step()
             self.llm_sched.step()
         if self.joint and use_m:

@@ -49,7 +49,7 @@ MASK_ID = -1  # placeholder for the masked slot inside a history array
 
 def aux_task_setting(params: Mapping) -> str:
     """params.sft.aux_tasks, checked (YAML null counts as "none")."""
-    v = params["sft"].get("aux_tasks", "none")
+    v = params["sft"]["aux_tasks"]
     v = "none" if v is None else str(v).strip().lower()
     if v not in AUX_TASKS:
         raise ValueError(f"sft.aux_tasks must be one of {' | '.join(AUX_TASKS)}, got {v!r}")
@@ -57,7 +57,7 @@ def aux_task_setting(params: Mapping) -> str:
 
 
 def aux_ratio_setting(params: Mapping) -> float:
-    r = params["sft"].get("aux_ratio", 0.0)
+    r = params["sft"]["aux_ratio"]
     r = 0.0 if r is None else float(r)
     if not np.isfinite(r) or r < 0:
         raise ValueError(f"sft.aux_ratio must be a number >= 0, got {r!r}")
@@ -209,7 +209,7 @@ def build_aux_samples(ds, builder: PromptBuilder, params: Mapping, n: int, seed:
         raise ValueError(f"build_aux_samples: n must be >= 0, got {n}")
     if task == "none" or n == 0:
         return []
-    seed = int(params.get("seed", 42)) if seed is None else int(seed)
+    seed = int(params["seed"]) if seed is None else int(seed)
     seqs = ds.train_sequences()
     pool = np.arange(ds.n_users) if users is None else np.unique(np.asarray(users, dtype=np.int64))
     pool = np.array([u for u in pool if len(seqs[u]) >= 2], dtype=np.int64)
@@ -255,7 +255,7 @@ def add_aux_samples(rec_samples: Sequence[Prompt], ds, builder: PromptBuilder, p
     task, ratio = aux_task_setting(params), aux_ratio_setting(params)
     if task == "none" or ratio == 0:
         return list(rec_samples)
-    seed = int(params.get("seed", 42)) if seed is None else int(seed)
+    seed = int(params["seed"]) if seed is None else int(seed)
     return mix_samples(rec_samples,
                        lambda k: build_aux_samples(ds, builder, params, k, seed, progress=progress),
                        ratio, seed)

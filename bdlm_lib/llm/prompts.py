@@ -73,13 +73,13 @@ class PromptBuilder:
         self.history_len = int(llm["history_len"])
         self.max_tokens = int(llm["max_prompt_tokens"])
         self.max_title = int(llm["max_title_chars"])
-        self.fmt = llm.get("prompt_format", "chat")
+        self.fmt = llm["prompt_format"]
         if self.fmt == "chat" and not getattr(tokenizer, "chat_template", None):
             self.fmt = "plain"  # a base model without a chat template
         if self.fmt not in ("chat", "plain"):
             raise ValueError(f"llm.prompt_format must be chat or plain, got {self.fmt!r}")
         self.params = params
-        self.seed = int(params.get("seed", 42))
+        self.seed = int(params["seed"])
         self.noun = ds.noun or "items"
         self.past, self.verb = VERBS.get(self.noun, ("interacted with", "interact with"))
         self.one = self.noun[:-1] if self.noun.endswith("s") else self.noun
@@ -243,7 +243,7 @@ class PromptBuilder:
         """Half TF-IDF title neighbours of the target, half popularity-sampled (as the test sets)."""
         if self._neigh is None:
             from ..data.testsets import title_neighbours
-            pool = int(self.params.get("testset", {}).get("sim_pool", 100))
+            pool = int(self.params["testset"]["sim_pool"])
             self._neigh = title_neighbours(self.ds.titles, pool)
             pop = np.bincount(self.ds.train["item"].to_numpy(), minlength=self.ds.n_items) + 1e-12
             self._pop = pop / pop.sum()
@@ -268,7 +268,7 @@ class PromptBuilder:
         history = the items before it. top-K: target + (n_candidates-1) negatives (half TF-IDF
         similar, half popularity; never an item the user touched in any split), shuffled. binary:
         the target ("Yes") and one uniformly drawn untouched item ("No"), 1:1. Shuffled."""
-        task = task or self.params["llm"].get("task", "both")
+        task = task or self.params["llm"]["task"]
         sft = self.params["sft"]
         rng = np.random.default_rng(self.seed if seed is None else seed)
         seqs = self.ds.train_sequences()
@@ -276,7 +276,7 @@ class PromptBuilder:
         cap = sft.get("max_train_users")
         if cap is not None and cap < len(users):
             users = np.sort(rng.permutation(len(users))[:cap])
-        n_cand = int(self.params.get("testset", {}).get("n_candidates", 20))
+        n_cand = int(self.params["testset"]["n_candidates"])
         # a negative must never be an item the user touched in ANY split: a held-out valid/test
         # item shown as a wrong candidate would train the model against the evaluation positive
         held = {}

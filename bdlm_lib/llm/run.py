@@ -18,6 +18,7 @@ from typing import Mapping
 
 import torch
 
+from ..methods import METHODS
 from ..metrics import evaluate
 from ..store import dataset_root, new_run_dir, write_run
 from .backbone import load_backbone
@@ -26,12 +27,8 @@ from .scoring import make_score_fn
 from .sft import sft_train
 from .tokens import alignment, extend_tokens, preload
 
-VARIANTS = {
-    "llmrec": {"et": False, "pe": False, "sft": False},
-    "instructrec": {"et": False, "pe": False, "sft": True},
-    "et_pe": {"et": True, "pe": True, "sft": True},
-    "et": {"et": True, "pe": False, "sft": True},
-}
+# the LLM-only methods of the method table: variant -> {"et", "pe", "sft"}
+VARIANTS = {name: dict(m.llm) for name, m in METHODS.items() if m.kind == "llm"}
 
 
 def _read_tables(path: Path):
@@ -99,7 +96,7 @@ def prepare_llm(params: Mapping, ds, variant: str, domain_embeddings=None, model
     v = VARIANTS[variant]
     llm = params["llm"]
     if model is None:
-        model, tokenizer = load_backbone(llm["backbone"], llm.get("model_cache"), llm.get("dtype", "float32"))
+        model, tokenizer = load_backbone(llm["backbone"], llm.get("model_cache"), llm["dtype"])
         if torch.cuda.is_available():
             model.to("cuda")
     info: dict = {"token_map": None, "tables": None, "preload": None, "alignment_before": None}

@@ -24,18 +24,11 @@ import pandas as pd
 import torch
 
 from .prompts import Prompt, PromptBuilder
-from .sft import body, collate
+from .batching import body, collate, fill_scores, length_batches, pad_id, progress_bar
 
 
 def _device(model):
     return model.get_input_embeddings().weight.device
-
-
-def _batches(prompts: Sequence[Prompt], batch_size: int):
-    """Index batches over prompts sorted by length (less padding); callers un-sort by index."""
-    order = np.argsort([len(p.input_ids) for p in prompts], kind="stable")
-    for s in range(0, len(order), batch_size):
-        yield order[s:s + batch_size]
 
 
 @torch.no_grad()
@@ -60,24 +53,15 @@ def restricted_logits(model, h: torch.Tensor, token_ids: torch.Tensor) -> torch.
     return out
 
 
-def _pad_id(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
-def _progress(it, total, desc, progress):
-    from tqdm.auto import tqdm
-    return tqdm(it, total=total, desc=desc, disable=not progress, leave=False)
-
-
 @torch.no_grad()
 def score_topk_prompts(model, builder: PromptBuilder, prompts: Sequence[Prompt],
                        batch_size: int = 8, progress: bool = False) -> list[np.ndarray]:
     """Per prompt, the scores of its candidates (in prompt order)."""
     out: list = [None] * len(prompts)
     if builder.et:
-        pad = _pad_id(builder.tok)
+        pad = pad_id(builder.tok)
         n_b = (len(prompts) + batch_size - 1) // batch_size
-        for idx in _progress(_batches(prompts, batch_size), n_b, "top-K (ET)", progress):
+        for idx in progress_bar(length_batches(prompts, batch_size), n_b, "top-K (ET)", progress):
             ps = [prompts[i] for i in idx]
             h = answer_hidden(model, ps, pad)
             tid = torch.as_tensor(np.stack([builder.tm.item_id(p.candidates) for p in ps]))
@@ -85,8 +69,8 @@ def score_topk_prompts(model, builder: PromptBuilder, prompts: Sequence[Prompt],
             for k, i in enumerate(idx):
                 out[i] = sc[k]
     else:
-        mean = builder.params["llm"].get("title_score", "sum") == "mean"
-        for i in _progress(range(len(prompts)), len(prompts), "top-K (titles)", progress):
+        mean = builder.params["llm"]["title_score"] == "mean"
+        for i in progress_bar(range(len(prompts)), len(prompts), "top-K (titles)", progress):
             p = prompts[i]
             conts = [builder._answer(builder.titles[j]) for j in p.candidates]
             out[i] = continuation_loglik(model, p.input_ids, conts, mean=mean)
@@ -143,20 +127,12 @@ def sequence_loglik(model, prefix_ids, continuation, mean: bool = False) -> floa
     return float(v / len(continuation)) if mean else float(v)
 
 
-def _fill(frame: pd.DataFrame, prompts: Sequence[Prompt], scores: Sequence[np.ndarray]) -> np.ndarray:
-    out = np.full(len(frame), np.nan)
-    groups = frame.groupby("user", sort=False).indices
-    for p, s in zip(prompts, scores):
-        out[groups[p.user]] = s
-    return out
-
-
 def score_topk(model, builder: PromptBuilder, frame: pd.DataFrame, batch_size: int = 8,
                progress: bool = True) -> np.ndarray:
     """Scores aligned with the rows of a top-K frame (one prompt per user, candidates in the
     frame's order)."""
     prompts = builder.topk_prompts(frame, with_answer=False)
-    return _fill(frame, prompts, score_topk_prompts(model, builder, prompts, batch_size, progress))
+    return fill_scores(frame, prompts, score_topk_prompts(model, builder, prompts, batch_size, progress))
 
 
 def p_yes(model, builder: PromptBuilder, h: torch.Tensor) -> np.ndarray:
@@ -217,7 +193,7 @@ def shared_prefix_groups(model, prompts: Sequence[Prompt], need_target: bool, de
                          progress: bool):
     """Yield (indices, answer h_L, target h_L or None), one user's prompts at a time."""
     groups = _user_groups(prompts)
-    for idx in _progress(groups, len(groups), desc, progress):
+    for idx in progress_bar(groups, len(groups), desc, progress):
         yield (idx, *shared_prefix_hidden(model, [prompts[i] for i in idx], need_target))
 
 
@@ -232,9 +208,9 @@ def score_binary_prompts(model, builder: PromptBuilder, prompts: Sequence[Prompt
         for idx, h, _ in shared_prefix_groups(model, prompts, False, "binary", progress):
             out[idx] = p_yes(model, builder, h)
         return out
-    pad = _pad_id(builder.tok)
+    pad = pad_id(builder.tok)
     n_b = (len(prompts) + batch_size - 1) // batch_size
-    for idx in _progress(_batches(prompts, batch_size), n_b, "binary", progress):
+    for idx in progress_bar(length_batches(prompts, batch_size), n_b, "binary", progress):
         out[idx] = p_yes(model, builder, answer_hidden(model, [prompts[i] for i in idx], pad))
     return out
 
@@ -263,9 +239,9 @@ def generate_answers(model, tokenizer, prompts: Sequence[Prompt], batch_size: in
                      max_new_tokens: int = 24) -> list[str]:
     """Greedy free generation for each prompt (left-padded batches); the decoded new text."""
     dev = _device(model)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     out = [""] * len(prompts)
-    for idx in _batches(prompts, batch_size):
+    for idx in length_batches(prompts, batch_size):
         ps = [prompts[i] for i in idx]
         T = max(len(p.input_ids) for p in ps)
         ids = torch.full((len(ps), T), pad, dtype=torch.long)

@@ -8,7 +8,7 @@ from safetensors.numpy import save_file
 
 matplotlib.use("Agg")
 
-from bdlm_lib.widgets import (alignment_distances, alignment_figure, build_explorer, find_runs,  # noqa: E402
+from bdlm_lib.explorer import (alignment_distances, alignment_figure, build_explorer, find_runs,  # noqa: E402
                               load_spaces, nearest, neighbours, pca_map, search_items, synthetic_demo)
 
 

@@ -1,4 +1,4 @@
-"""GPT4SM baseline (SPEC §6): a domain model fed the frozen, non-fine-tuned LLM's text embeddings.
+"""GPT4SM baseline (paper §5.3): a domain model fed the frozen, non-fine-tuned LLM's text embeddings.
 
     ŷ(u, i) = σ(wᵀ [f_D(u, i) ; e_text(item i) ; e_text(history of u)] + b)
 
@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 
 from ..metrics import evaluate, topk_metrics
 from ..store import dataset_root, new_run_dir, write_run
-from .enhanced import EnhancedDomainModel
+from ..joint.enhanced import EnhancedDomainModel
 
 
 @torch.no_grad()
 def text_embeddings(llm, tokenizer, texts, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
     """[len(texts), h]: top-layer hidden state at each text's last token (frozen backbone)."""
-    from ..llm.sft import body
+    from ..llm.batching import body
     llm.eval()
     dev = llm.get_input_embeddings().weight.device
     out = torch.zeros(len(texts), llm.get_input_embeddings().weight.shape[1])
@@ -125,7 +125,7 @@ def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True,
     """Train and evaluate GPT4SM; returns (metrics, run_dir) (default folder:
     <output_dir>/<dataset>/baselines/gpt4sm)."""
     from ..domain import domain_device
-    from .run import load_inputs
+    from ..joint.run import load_inputs
     t0 = time.perf_counter()
     # the frozen backbone only encodes texts: on the GPU where there is one, tables come back on the CPU
     ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run)

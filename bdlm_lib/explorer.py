@@ -1,5 +1,5 @@
 """The embedding-alignment explorer: do the LLM's id-token rows, the domain model's embeddings and
-the information sharing module M agree about which users/items are alike (SPEC §5)?
+the information sharing module M agree about which users/items are alike (paper §4.3, Eq. 7-8)?
 
 Plain, unit-tested functions (load_spaces, search_items, neighbours, pca_coords/pca_map,
 alignment_distances, alignment_figure) and a thin ipywidgets builder, `build_explorer`, whose
@@ -106,32 +106,39 @@ def pca_map(spaces: Spaces, kind: str, selected: int | None = None, colour=None,
     import seaborn as sns
     sns.set_theme(style="white")
     names = list(spaces)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.0), squeeze=False)
+    # constrained layout: the colour bar (or legend) gets its own room right of the last map
+    # instead of being drawn over it; one colour scale for all maps, so colours compare across them
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names) + 1.2, 5.0), squeeze=False,
+                             layout="constrained")
+    numeric = colour is not None and np.issubdtype(np.asarray(colour).dtype, np.number)
+    values = np.log1p(np.asarray(colour, float)) if numeric else None
+    sc = None
     for ax, name in zip(axes[0], names):
         xy = coords[name] if coords is not None else pca_coords(spaces[name][kind])
         if colour is None:
-            ax.scatter(xy[:, 0], xy[:, 1], s=8, c="0.6", lw=0)
-        elif np.issubdtype(np.asarray(colour).dtype, np.number):
-            sc = ax.scatter(xy[:, 0], xy[:, 1], s=8, c=np.log1p(np.asarray(colour, float)), cmap="viridis", lw=0)
-            if name == names[-1]:
-                fig.colorbar(sc, ax=ax, label=f"log(1 + {colour_name})")
+            ax.scatter(xy[:, 0], xy[:, 1], s=12, c="0.6", lw=0)
+        elif numeric:
+            sc = ax.scatter(xy[:, 0], xy[:, 1], s=12, c=values, cmap="viridis", lw=0,
+                            vmin=float(values.min()), vmax=float(values.max()))
         else:
             cats = pd.Series(colour, dtype=str)
             top = cats.value_counts().index[:8]
             cats = cats.where(cats.isin(top), "other")
-            sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=cats.to_numpy(), s=10, linewidth=0, ax=ax,
+            sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=cats.to_numpy(), s=14, linewidth=0, ax=ax,
                             legend=name == names[-1], palette="tab10")
             if name == names[-1]:
-                ax.legend(title=colour_name, fontsize=7, loc="best")
+                ax.legend(title=colour_name, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         hl = [j for j in highlight if j != selected]
         if hl:
             ax.scatter(xy[hl, 0], xy[hl, 1], s=60, facecolors="none", edgecolors="black", lw=1.2)
         if selected is not None:
             ax.scatter(xy[selected, 0], xy[selected, 1], s=260, marker="*", c="red", edgecolors="black", zorder=5)
-        ax.set_title(f"{name} ({spaces[name][kind].shape[1]}-d)")
+        ax.set_title(f"{name} ({spaces[name][kind].shape[1]}-d)", fontsize=12)
         ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle(f"PCA of the {kind} embeddings per space" + (f" - {kind} {selected}" if selected is not None else ""))
-    fig.tight_layout()
+    if sc is not None:
+        fig.colorbar(sc, ax=axes[0].tolist(), label=f"log(1 + {colour_name})", shrink=0.85)
+    fig.suptitle(f"PCA of the {kind} embeddings per space" + (f" - {kind} {selected}" if selected is not None else ""),
+                 fontsize=13)
     return fig
 
 
@@ -175,7 +182,7 @@ def alignment_figure(history):
 def fig_png(fig) -> bytes:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
 

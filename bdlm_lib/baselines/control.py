@@ -21,9 +21,9 @@ import torch
 
 from ..metrics import evaluate
 from ..store import dataset_root, new_run_dir, write_run
-from .enhanced import EnhancedDomainModel
-from .llm_io import item_mentions
-from .trainer import joint_samples_of, joint_schedule, select_examples, step_seed
+from ..joint.enhanced import EnhancedDomainModel
+from ..joint.llm_io import item_mentions
+from ..joint.trainer import joint_samples_of, joint_schedule, select_examples, step_seed
 
 
 def joint_samples(params: Mapping, ds):
@@ -50,7 +50,7 @@ def candidate_finetune(domain, ds, params: Mapping, samples=None, progress: bool
     joint schedule; returns (enhanced model, per-step losses)."""
     from tqdm.auto import tqdm
     j = params["joint"]
-    seed = int(params.get("seed", 42))
+    seed = int(params["seed"])
     samples = joint_samples(params, ds) if samples is None else samples
     if not samples:
         raise ValueError("candidate fine-tuning: no training samples (check sft.max_train_users / llm.task)")
@@ -78,7 +78,7 @@ def run_candidate_finetune(params: Mapping, ds, run_dir=None, domain_run=None, p
     (default: a new <output_dir>/<dataset>/control/<model>_ft folder): metrics.json
     (+ predictions.parquet for the report's paired tests), history.json."""
     from ..domain import domain_device
-    from .run import pretrained_domain
+    from ..joint.run import pretrained_domain
     t0 = time.perf_counter()
     domain, domain_dir = pretrained_domain(params, ds, domain_run)
     domain.to(domain_device(params))   # as in the joint run (build_joint)

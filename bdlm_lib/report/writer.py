@@ -1,0 +1,141 @@
+"""`bdlm report`: the paper's tables and figures, assembled from stored run folders only (no model
+is loaded), written as report.md / report.html / CSV / PNG, and as the generated docs/results.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..methods import BASELINE_ROWS, BDLM_ROWS, CONTROL_ROWS, NCF_ROWS
+from ..runs import atomic_write_bytes, atomic_write_text, write_json
+from .collect import METRICS, choose_runs, collect_runs, table1
+from .figures import figure5, figure6, png_bytes
+from .statistics import improvement, significance, summarise
+from .tables import results_table, to_markdown
+
+
+def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | None = None,
+                 n_boot: int | None = None, alpha: float | None = None,
+                 lambda_ml: float | None = None, preset: str | None = None,
+                 docs: str | Path | None = None) -> Path:
+    """Write report.md, report.html, the tables as CSV and the figures as PNG to
+    `<output_dir>/report/`; return the path of report.md. Defaults from params `report:`.
+    `preset`: report only the runs of that preset (None: per dataset its largest preset).
+    `docs`: also write the results page there (e.g. docs/results.md), see `write_results_page`."""
+    from ..params import load_params
+    p = load_params()
+    n_boot = int(n_boot or p.report.n_boot)
+    alpha = float(alpha or p.report.alpha)
+    lam = float(lambda_ml if lambda_ml is not None else (p.report.lambda_ml if p.report.lambda_ml is not None
+                                                         else p.joint.lambda_ml))
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"{output_dir}: no such output folder (run a batch first, or give --output-dir)")
+    out = Path(report_dir) if report_dir else output_dir / "report"
+    runs = collect_runs(output_dir)
+    if not len(runs):
+        raise ValueError(f"{output_dir}: no finished runs to report (no <dataset>/<batch>/<run>/metrics.json)")
+    chosen = choose_runs(runs, lam, preset)
+    summary, tables = summarise(chosen, n_boot, alpha) if len(chosen) else (pd.DataFrame(
+        columns=["dataset", "label", *METRICS]), {})
+    t1 = table1(output_dir, chosen)
+    flagged = sorted(l for l in set(summary["label"]) if "+" in l) if len(summary) else []
+    t3 = results_table(summary, BASELINE_ROWS + CONTROL_ROWS + BDLM_ROWS + flagged, [*METRICS, "users"]) if len(summary) else pd.DataFrame()
+    imp, which = improvement(summary, METRICS) if len(summary) else ({}, {})
+    if len(t3):
+        t3.loc["Improv."] = [f"{100 * imp[c]:+.1f}%" if c in imp and not pd.isna(imp[c]) else "–" for c in t3.columns]
+    t4 = results_table(summary, NCF_ROWS, ["HR@1", "HR@2", "F1"]) if len(summary) else pd.DataFrame()
+    sig = significance(summary, tables, which, n_boot, alpha) if len(summary) else pd.DataFrame()
+    figs = {"fig5_ablations.png": figure5(summary) if len(summary) else None,
+            "fig6_lambda.png": figure6(runs, n_boot, alpha, preset) if len(runs) else None}
+
+    for name, df in (("table1", t1), ("table3", t3), ("table4", t4), ("significance", sig),
+                     ("summary", summary)):
+        atomic_write_text(out / f"{name}.csv", df.to_csv(index=name in ("table3", "table4")))
+    write_json(out / "improvement.json", {"improvement": imp, "vs": {f"{d} {m}": list(v) for (d, m), v in which.items()}})
+    images = []
+    for name, fig in figs.items():
+        if fig is not None:
+            atomic_write_bytes(out / name, png_bytes(fig))
+            images.append(name)
+        else:   # a figure of an earlier report whose runs are not in this one would mislead
+            (out / name).unlink(missing_ok=True)
+    conf = f"{100 * (1 - alpha):.0f}%"
+    sections = [
+        ("Table 1 - dataset statistics (prepared data)", t1, False),
+        (f"Table 3 - main results (value [{conf} bootstrap CI over users]; users = ranked / binary; "
+         "Improv. = best BDLM over best baseline)", t3, True),
+        ("Table 4 - BDLM with NCF as the domain model", t4, True),
+        ("Significance - BDLM vs the best baseline on the same users, and each BDLM-drs vs its domain model "
+         "and vs the control (-FT: that model fine-tuned on the same prompt candidates without the LLM) "
+         "(exact McNemar on per-user hits; paired bootstrap CI of the difference; with several seeds, "
+         "wins and losses summed over the seeds both rows have, the difference averaged over them)", sig, False),
+    ]
+    which_preset = f"preset {preset}" if preset else "per dataset its largest preset"
+    head = (f"From `{output_dir}`: {len(runs)} stored run sides; {which_preset}; joint runs at λ nearest {lam:g}; "
+            f"{n_boot} bootstrap resamples.")
+    md = [f"# BDLM report\n\n{head}\n"]
+    html = [f"<h1>BDLM report</h1><p>{head}</p>"]
+    for title, df, idx in sections:
+        md.append(f"## {title}\n\n{to_markdown(df, index=idx)}")
+        html.append(f"<h2>{title}</h2>" + (df.to_html(index=idx, float_format=lambda v: f"{v:.4g}")
+                                          if len(df) else "<p><i>(no runs found)</i></p>"))
+    for name in images:
+        md.append(f"![{name}]({name})\n")
+        html.append(f'<h2>{name}</h2><img src="{name}" style="max-width:100%">')
+    md.append("## Wall time of the runs used\n\n" + to_markdown(wall_times(chosen), index=False))
+    md.append("## Runs used\n\n" + to_markdown(summary[["dataset", "label", "preset", "lambda_ml", "n_seeds", "runs"]]
+                                                if len(summary) else summary, index=False))
+    atomic_write_text(out / "report.md", "\n".join(md))
+    atomic_write_text(out / "report.html", "<!doctype html><html><head><meta charset='utf-8'><title>BDLM report"
+                      "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+                      "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}</style></head><body>"
+                      + "\n".join(html) + "</body></html>")
+    if docs is not None:
+        write_results_page(out, Path(docs), output_dir)
+    return out / "report.md"
+
+
+def wall_times(chosen: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, method row): the runs' wall time (run.json's seconds, summed over seeds) and
+    their machine (environment.json): what a reader needs to plan the same runs."""
+    import json
+    rows = []
+    for (ds, label), g in chosen.groupby(["dataset", "label"], sort=False):
+        secs, machines = 0.0, set()
+        for rd in g["run_dir"]:
+            rd = Path(rd)
+            try:
+                secs += float(json.loads((rd / "run.json").read_text()).get("seconds") or 0.0)
+                env = json.loads((rd / "environment.json").read_text())
+                machines.add(f"{env.get('cpu_count')} CPU" + (f", {env['gpu']}" if env.get("gpu") else ""))
+            except (OSError, ValueError):
+                continue
+        rows.append({"dataset": ds, "method": label, "seeds": len(g), "minutes": round(secs / 60, 1),
+                     "machine": "; ".join(sorted(machines))})
+    return pd.DataFrame(rows)
+
+
+def write_results_page(report_dir: Path, docs: Path, output_dir: Path) -> Path:
+    """docs/results.md: the report, generated (never typed by hand), its figures beside it in
+    `<docs>_figures/`, then the dated notes of `results_notes.md` next to it, if present."""
+    import datetime
+    import shutil
+    body = (report_dir / "report.md").read_text(encoding="utf-8").split("\n", 1)[1]
+    figs = docs.parent / f"{docs.stem}_figures"
+    images = sorted(report_dir.glob("*.png"))
+    if images:
+        figs.mkdir(parents=True, exist_ok=True)
+        for old in figs.glob("*.png"):
+            old.unlink()
+    for img in images:
+        shutil.copyfile(img, figs / img.name)
+        body = body.replace(f"]({img.name})", f"]({figs.name}/{img.name})")
+    body = body.replace(f"From `{output_dir}`:", "From the stored runs:")
+    notes = docs.parent / "results_notes.md"
+    page = (f"# Results\n\n_Generated by `bdlm report --docs {docs.name}` on "
+            f"{datetime.date.today().isoformat()} from stored runs; do not edit by hand (the notes at "
+            f"the end come from `{notes.name}`). How these numbers are made: [protocol.md](protocol.md)._\n"
+            + body + ("\n" + notes.read_text(encoding="utf-8") if notes.exists() else ""))
+    atomic_write_text(docs, page)
+    return docs
