@@ -1,6 +1,7 @@
 """BDLM research workbench: an LLM and a domain recommender that teach each other.
 
-data -> domain -> llm -> joint -> experiments (+ widgets). Notebooks call this library.
+data -> domain -> llm -> joint -> baselines -> report, experiments (batches), explorer; methods.py
+is the one table of methods, store.py the run store. Notebooks call this library.
 """
 from .params import load_params
 

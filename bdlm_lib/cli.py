@@ -4,6 +4,7 @@
     bdlm batch params/batches/demo_ml1m.yaml     run a batch of notebooks with papermill
     bdlm report [--docs docs/results.md]         assemble the report from stored runs
     bdlm joint --dataset ml1m --preset paper     one joint run (the DeepSpeed launcher's entry)
+    bdlm export --dataset ml1m --preset paper    our splits + candidate sets as RecBole atomic files
     bdlm demo                                    the main job (make demo)
     bdlm refresh-notebooks                       re-execute the committed notebooks on the smoke preset
 """
@@ -28,6 +29,23 @@ def cmd_prep(args) -> int:
                                                        **({"output_dir": args.output_dir} if args.output_dir else {})})
         rows.append(load_dataset(p, force=args.force))
     print(table1(rows).to_string())
+    return 0
+
+
+def cmd_export(args) -> int:
+    """The prepared data of each dataset as RecBole atomic files (bdlm_lib/data/export.py)."""
+    from .data import load_dataset
+    from .data.dataset import dataset_tag
+    from .data.export import export_recbole
+    from .params import load_params
+    from .store import dataset_root
+    for name in args.dataset:
+        p = load_params(name, args.preset, overrides={**parse_overrides(args.set),
+                                                       **({"data_dir": args.data_dir} if args.data_dir else {}),
+                                                       **({"output_dir": args.output_dir} if args.output_dir else {})})
+        ds = load_dataset(p, verbose=False)
+        out = export_recbole(ds, dataset_root(p) / "export" / args.format / dataset_tag(p))
+        print(f"{name}: {args.format} atomic files -> {out}")
     return 0
 
 
@@ -112,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="param overrides, e.g. data.kcore=10")
     p.set_defaults(fn=cmd_prep)
+
+    p = sub.add_parser("export", help="write prepared data + candidate sets as RecBole atomic files")
+    p.add_argument("--dataset", nargs="+", default=["ml1m"])
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--format", choices=["recbole"], default="recbole")
+    p.add_argument("--data-dir")
+    p.add_argument("--output-dir")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="param overrides, e.g. data.kcore=10")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("batch", help="run a batch YAML of notebooks with papermill")
     p.add_argument("batch")

@@ -236,6 +236,11 @@ def test_repo_batch_files_expand(name, tmp_path):
             (wide, more), (base, fewer) = (split_off(x, "eval", "topk_users") for x in (r.params, main[r.method]))
             assert more > fewer
             assert wide == base, r.run_id
+    elif name.startswith("full_domain_"):  # the domain baselines on every user of the full data
+        assert methods >= {"gmf", "ncf", "lightgcn", "sasrec", "gru4rec", "bert4rec"}
+        runs = [r for r in batch.runs if r.scope == "run"]
+        assert {r.params["preset"] for r in runs} == {"paper"}
+        assert all(r.params["eval"]["max_users"] is None and r.params["data"]["sample_users"] is None for r in runs)
     elif name.startswith("cpu_seeds_"):  # other seeds of the main comparison, for pooled paired tests
         assert {"lightgcn", "lightgcn_ft", "bdlm"} <= methods and 42 not in {r.seed for r in batch.runs}
         seed42 = {r.method: r.params for prefix in ("cpu_", "cpu_more_")

@@ -18,7 +18,8 @@ def domain_device(params: Mapping) -> torch.device:
     """`params.domain.device`: auto (base.yaml's default: the GPU when there is one), cpu, cuda or
     cuda:N. Where the model trains and scores; it does not change
     which run a model is (not part of run identity)."""
-    want = str(params["domain"]["device"])
+    # params stored before the key existed (a saved run's params.yaml) trained on the CPU
+    want = str(params["domain"].get("device") or "cpu")
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want != "cpu" and not (want == "cuda" or want.startswith("cuda:")):
