@@ -72,7 +72,8 @@ def cmd_demo(args) -> int:
     from .report import build_report, to_markdown
     t0 = time.perf_counter()
     out = args.output_dir or "outputs"
-    summary = run_batch(REPO / "params" / "batches" / "demo_ml1m.yaml", output_dir=out)
+    summary = run_batch(REPO / "params" / "batches" / "demo_ml1m.yaml", output_dir=out,
+                        rerun_changed=args.rerun_changed)
     runs = summary.get("runs", [])
     out = summary.get("output_dir", out)
     path = Path(out) / "report" / "report.md"
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="the main job: CPU demo pipeline on MovieLens-1M")
     p.add_argument("--output-dir")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="re-run stored demo runs made with other parameters (else: stop)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("joint", help="one joint BDLM run (also the DeepSpeed launcher's entry)")
