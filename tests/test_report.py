@@ -261,3 +261,18 @@ def test_paired_tests_pool_the_seeds_both_rows_have(outputs, tmp_path):
     assert (ctrl["wins"], ctrl["losses"]) == (alone["HR@1"]["wins"], alone["HR@1"]["losses"])
     with pytest.raises(ValueError, match="no seed in common"):
         paired_test({42: table("lightgcn-s42", "main")}, {43: table("lightgcn-s43", "main")})
+
+
+def test_results_page_is_generated_with_figures_and_notes(outputs, tmp_path):
+    out, _ = outputs
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results_notes.md").write_text("## Notes\n\n- 2026-01-01: a dated note.\n")
+    build_report(out, report_dir=tmp_path / "rep", n_boot=50, docs=docs / "results.md")
+    page = (docs / "results.md").read_text()
+    assert page.startswith("# Results\n") and "do not edit by hand" in page
+    assert "## Table 3" in page and "## Wall time of the runs used" in page
+    assert page.rstrip().endswith("a dated note.")
+    figs = sorted(p.name for p in (docs / "results_figures").glob("*.png"))
+    assert figs and all(f"](results_figures/{f})" in page for f in figs)
+    assert str(out) not in page                     # the page names no local folder
