@@ -173,7 +173,7 @@ def test_labels_and_bundles_come_from_the_method_table():
 
 
 HISTORY = re.compile(r"\bsessions? [0-9]+|\bsessions [0-9]+-[0-9]+|\bcommit [0-9a-f]{7,}\b|\(commit [0-9a-f]{7}"
-                     r"|this host|slowest host|fastest host", re.IGNORECASE)
+                     r"|this\shost|slowest\shost|fastest\shost", re.IGNORECASE)
 EXTERNAL_SPEC = re.compile(r"\bSPEC\b|BDLM_SPEC")   # a document the repository does not contain
 
 
