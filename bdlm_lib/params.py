@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import yaml
 
+from .store import is_plain_name, plain, write_params
+
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 
 
@@ -129,13 +131,6 @@ def _wrap(d: Any) -> Any:
     return d
 
 
-def plain(d: Any) -> Any:
-    """Nested Params -> plain dicts (for YAML and hashing)."""
-    if isinstance(d, dict):
-        return {k: plain(v) for k, v in d.items()}
-    return d
-
-
 # ---------------------------------------------------------------- range rules (`# @RULE` in base.yaml)
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -152,7 +147,6 @@ def _alt(rule: str) -> Callable[[Any], bool]:
     if rule == "any":
         return lambda v: True
     if rule == "name":
-        from .store import is_plain_name
         return is_plain_name
     if rule.startswith("list:"):
         each = _rule(rule[5:])
@@ -293,7 +287,6 @@ def load_params(dataset: str | None = None, preset: str | None = None,
 
 
 def save_params(params: Mapping, path: str | os.PathLike) -> None:
-    from .store import write_params
     write_params(params, path)
 
 

@@ -54,14 +54,15 @@ def safe_name(value: Any, what: str) -> str:
     return str(value)
 
 
-def _plain(d: Any) -> Any:
-    return {k: _plain(v) for k, v in d.items()} if isinstance(d, Mapping) else d
+def plain(d: Any) -> Any:
+    """Nested mappings (Params) -> plain dicts (for YAML and hashing)."""
+    return {k: plain(v) for k, v in d.items()} if isinstance(d, Mapping) else d
 
 
 def write_params(params: Mapping, path: str | os.PathLike) -> None:
     """params.yaml, atomically (the layered parameters, resolved)."""
     import yaml
-    atomic_write_text(path, yaml.safe_dump(_plain(params), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(plain(params), sort_keys=False))
 
 
 def flat(params: Mapping, prefix: str = "") -> dict:

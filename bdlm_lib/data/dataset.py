@@ -57,8 +57,8 @@ def _input_stats(folder: Path) -> dict:
     """{file name: {size, mtime_ns, sha256}} of the raw input files the dataset was read from."""
     files = _input_files(folder)
     sha = sha256_files(files)
-    return {p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns, "sha256": sha[p.name]}
-            for p in files}
+    stats = {p.name: p.stat() for p in files}
+    return {n: {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha[n]} for n, st in stats.items()}
 
 
 def _inputs_changed(man: Mapping, params: Mapping, spec) -> str | None:

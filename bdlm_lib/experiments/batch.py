@@ -120,9 +120,6 @@ def _list(v: Any, default: list) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-lam_tag = methods_table.lam_tag
-
-
 def load_batch(path: str | Path, _chain: tuple = ()) -> dict:
     """Read a batch file; with `extends: other.yaml` (relative to this file) it is that file's spec
     with these keys on top: `overrides`, `methods` and `flags` merge key by key (this file wins),
@@ -366,7 +363,7 @@ def _kernel_log(path: Path) -> Iterator[None]:
     """Send the standard error of the notebooks' kernels (their transport warnings, the notice
     that closes every clean shutdown) to the run's kernel.log instead of the console. The kernel
     inherits file descriptor 2, so it is pointed at the log for the run's duration; the batch's
-    progress bar writes to a saved copy of the console's (`_CONSOLE`)."""
+    progress bar writes to a saved copy of the console's (`_console`)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(path, "ab") as log:
@@ -456,48 +453,47 @@ def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
             raise BatchError(f"--only {o}: matches no run of {batch.path.name} "
                              f"(run ids: {', '.join(r.run_id for r in batch.runs)})")
     with store.OutputLock(batch.output_dir):
-        states = {r.dataset + "/" + r.run_id: store.run_state(r.run_dir, r.params) for r in batch.runs}
-        changed = {k: keys for k, (st, keys) in states.items() if st == "changed"}
+        by_key = {r.dataset + "/" + r.run_id: r for r in batch.runs}
+        states = {k: store.run_state(r.run_dir, r.params) for k, r in by_key.items()}
+        changed = [k for k, (st, _) in states.items() if st == "changed"]
         if changed and not rerun_changed:
-            first, keys = next(iter(changed.items()))
-            old = store.stored_identity(next(r.run_dir for r in batch.runs if r.dataset + "/" + r.run_id == first))
-            new = store.identity(next(r.params for r in batch.runs if r.dataset + "/" + r.run_id == first))
+            first = by_key[changed[0]]
+            old, new = store.stored_identity(first.run_dir), store.identity(first.params)
             raise BatchError(f"{batch.path.name}: {len(changed)} stored run(s) were made with other parameters: "
-                             f"{', '.join(changed)}; {first}: {store.describe_changes(old, new)}. "
+                             f"{', '.join(changed)}; {changed[0]}: {store.describe_changes(old, new)}. "
                              f"Re-run them with --rerun-changed, or use another --output-dir")
         rows: dict[str, dict] = {}
-        for r in batch.runs:  # the state before this invocation
-            key = r.dataset + "/" + r.run_id
+        for key, r in by_key.items():  # the state before this invocation
             done = states[key][0] == "finished"
             prev = read_json(r.run_dir / store.RUN) if done and (r.run_dir / store.RUN).exists() else {}
             rows[key] = _row(r, "done" if done else "pending", prev.get("seconds") if done else None)
-        todo = [r for r in batch.runs if states[r.dataset + "/" + r.run_id][0] != "finished" and _select(r, only)]
+        todo = [r for k, r in by_key.items() if states[k][0] != "finished" and _select(r, only)]
         n_changed = sum(1 for r in todo if states[r.dataset + "/" + r.run_id][0] == "changed")
         print(f"batch {batch.name}: {len(batch.runs)} runs, {len(batch.runs) - len(todo)} finished or "
               f"not selected, {len(todo)} to run" + (f" ({n_changed} re-run: parameters changed)" if n_changed else "")
               + f" -> {batch.output_dir}")
-        console = _console()
-        for r in tqdm(todo, desc=f"batch {batch.name}", unit="run", file=console):
-            t0 = time.perf_counter()
-            store.claim(r.run_dir, r.params, rerun_changed=rerun_changed)
-            info = {"batch": batch.name, "dataset": r.dataset, "run_id": r.run_id, "method": r.method,
-                    "flag": r.flag, "lambda_ml": r.lambda_ml, "seed": r.seed, "scope": r.scope,
-                    "preset": batch.preset, "overrides": r.overrides,
-                    "notebooks": [nb.name for nb in r.notebooks]}
-            write_json(r.run_dir / store.RUN, {**info, "status": "running"})
-            try:
-                status, err = _execute(r, batch, kernel, timeout)
-            except KeyboardInterrupt:
-                secs = round(time.perf_counter() - t0, 1)
-                write_json(r.run_dir / store.RUN, {**info, "status": "interrupted", "seconds": secs})
-                rows[r.dataset + "/" + r.run_id] = _row(r, "interrupted", secs, "interrupted")
+        with _console() as console:
+            for r in tqdm(todo, desc=f"batch {batch.name}", unit="run", file=console):
+                t0 = time.perf_counter()
+                store.claim(r.run_dir, r.params, rerun_changed=rerun_changed)
+                info = {"batch": batch.name, "dataset": r.dataset, "run_id": r.run_id, "method": r.method,
+                        "flag": r.flag, "lambda_ml": r.lambda_ml, "seed": r.seed, "scope": r.scope,
+                        "preset": batch.preset, "overrides": r.overrides,
+                        "notebooks": [nb.name for nb in r.notebooks]}
+                write_json(r.run_dir / store.RUN, {**info, "status": "running"})
+                try:
+                    status, err = _execute(r, batch, kernel, timeout)
+                except KeyboardInterrupt:
+                    secs = round(time.perf_counter() - t0, 1)
+                    write_json(r.run_dir / store.RUN, {**info, "status": "interrupted", "seconds": secs})
+                    rows[r.dataset + "/" + r.run_id] = _row(r, "interrupted", secs, "interrupted")
+                    _write_summaries(batch, list(rows.values()))
+                    raise BatchInterrupted(f"interrupted during {r.dataset}/{r.run_id} (marked interrupted); "
+                                           f"the same command resumes the batch") from None
+                secs = time.perf_counter() - t0
+                write_json(r.run_dir / store.RUN, {**info, "status": status, "seconds": round(secs, 1), "error": err})
+                rows[r.dataset + "/" + r.run_id] = _row(r, status, secs, err)
                 _write_summaries(batch, list(rows.values()))
-                raise BatchInterrupted(f"interrupted during {r.dataset}/{r.run_id} (marked interrupted); "
-                                       f"the same command resumes the batch") from None
-            secs = time.perf_counter() - t0
-            write_json(r.run_dir / store.RUN, {**info, "status": status, "seconds": round(secs, 1), "error": err})
-            rows[r.dataset + "/" + r.run_id] = _row(r, status, secs, err)
-            _write_summaries(batch, list(rows.values()))
         _write_summaries(batch, list(rows.values()))
     table = pd.DataFrame(list(rows.values()))[["dataset", "run_id", "status", "HR@1", "HR@2", "F1", "seconds"]]
     fmt = {c: (lambda x: "" if pd.isna(x) else f"{x:.4f}") for c in ("HR@1", "HR@2", "F1")}

@@ -49,7 +49,7 @@ def variant_name(params: Mapping) -> str:
 
 
 def _same(a, b) -> bool:
-    from ..params import plain
+    from ..store import plain
     return yaml.safe_dump(plain(a), sort_keys=True) == yaml.safe_dump(plain(b), sort_keys=True)
 
 
@@ -94,18 +94,13 @@ def pretrained_domain(params: Mapping, ds, domain_run=None):
     return model, run_dir
 
 
-def _fingerprint(params: Mapping) -> str:
-    import hashlib
-    from ..params import plain
-    return hashlib.sha256(yaml.safe_dump(plain(params), sort_keys=True).encode()).hexdigest()[:16]
-
-
 def claim_run_dir(parent: Path, name: str, params: Mapping) -> Path:
     """`parent/name` (or `name-2`, ...): a finished run is never reused, and an unfinished one only
     by a run with the same params (a resume) — its `run.json` holds the params' fingerprint — so two
     presets of one variant running at once get different folders."""
     from ..runs import read_json, write_json
-    fp = _fingerprint(params)
+    from ..store import fingerprint
+    fp = fingerprint(params)
     k = 1
     while True:
         run = Path(parent) / (name if k == 1 else f"{name}-{k}")

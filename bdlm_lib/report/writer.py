@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..methods import BASELINE_ROWS, BDLM_ROWS, CONTROL_ROWS, NCF_ROWS
-from ..runs import atomic_write_bytes, atomic_write_text, write_json
+from ..runs import atomic_write_bytes, atomic_write_text, read_json, write_json
 from .collect import METRICS, choose_runs, collect_runs, table1
 from .figures import figure5, figure6, png_bytes
 from .statistics import improvement, significance, summarise
@@ -47,7 +47,7 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     t4 = results_table(summary, NCF_ROWS, ["HR@1", "HR@2", "F1"]) if len(summary) else pd.DataFrame()
     sig = significance(summary, tables, which, n_boot, alpha) if len(summary) else pd.DataFrame()
     figs = {"fig5_ablations.png": figure5(summary) if len(summary) else None,
-            "fig6_lambda.png": figure6(runs, n_boot, alpha, preset) if len(runs) else None}
+            "fig6_lambda.png": figure6(runs, n_boot, alpha, preset)}
 
     for name, df in (("table1", t1), ("table3", t3), ("table4", t4), ("significance", sig),
                      ("summary", summary)):
@@ -99,15 +99,14 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
 def wall_times(chosen: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, method row): the runs' wall time (run.json's seconds, summed over seeds) and
     their machine (environment.json): what a reader needs to plan the same runs."""
-    import json
     rows = []
     for (ds, label), g in chosen.groupby(["dataset", "label"], sort=False):
         secs, machines = 0.0, set()
         for rd in g["run_dir"]:
             rd = Path(rd)
             try:
-                secs += float(json.loads((rd / "run.json").read_text()).get("seconds") or 0.0)
-                env = json.loads((rd / "environment.json").read_text())
+                secs += float(read_json(rd / "run.json").get("seconds") or 0.0)
+                env = read_json(rd / "environment.json")
                 machines.add(f"{env.get('cpu_count')} CPU" + (f", {env['gpu']}" if env.get("gpu") else ""))
             except (OSError, ValueError):
                 continue
