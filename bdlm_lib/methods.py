@@ -5,7 +5,8 @@ bundles, run ids), the report (row labels, table order) and the joint runner (wh
 run's parameters amount to). Adding a method = one row here plus, for a new kind of run, a runner.
 
 Kinds:
-    domain    a domain model alone (paper §5.3: NCF, GMF, LightGCN, SASRec, GRU4Rec, BERT4Rec)
+    domain    a domain model alone (paper §5.3: NCF, GMF, LightGCN, SASRec, GRU4Rec, BERT4Rec; and
+              Popularity, not in the paper)
     llm       an LLM-only run: `llm` says ET / PE / SFT (LLM-Rec, InstructRec; paper §5.3)
     joint     BDLM and its ablations (paper §4, §5.5.2): two sides, BDLM-llm and BDLM-drs
     gpt4sm    the frozen-LLM-feature baseline GPT4SM (paper §5.3)
@@ -72,7 +73,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # controls for BDLM-drs: the joint run's domain step without the LLM
     Method("ncf_ft", "control", {"domain.model": "ncf"}, "NCF-FT", {"main": "NCF-FT"}),
     Method("lightgcn_ft", "control", dict(_LGCN), "LightGCN-FT", {"main": "LightGCN-FT"}),
-    # domain baselines (GMF = the schema's mf)
+    # domain baselines (GMF = the schema's mf); Popularity: the non-personalised reference line
+    _domain("pop", "pop", "Popularity"),
     _domain("lightgcn", "lightgcn", "LightGCN"),
     _domain("ncf", "ncf", "NCF"),
     _domain("gmf", "mf", "GMF"),
@@ -83,7 +85,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 
 # Row order of the report's tables (labels as in `Method.labels`).
-BASELINE_ROWS = ["LLM-Rec", "InstructRec", "GPT4SM", "NCF", "GMF", "LightGCN", "SASRec", "GRU4Rec", "BERT4Rec"]
+BASELINE_ROWS = ["LLM-Rec", "InstructRec", "GPT4SM", "Popularity", "NCF", "GMF", "LightGCN", "SASRec", "GRU4Rec", "BERT4Rec"]
 BDLM_ROWS = ["BDLM-llm", "BDLM-drs"]
 NCF_ROWS = ["NCF", "NCF-FT", "BDLM-NCF-llm", "BDLM-NCF-drs"]
 CONTROL_ROWS = ["LightGCN-FT"]               # listed after the baselines, not counted as one in Improv.

@@ -237,7 +237,7 @@ def test_repo_batch_files_expand(name, tmp_path):
             assert more > fewer
             assert wide == base, r.run_id
     elif name.startswith("full_domain_"):  # the domain baselines on every user of the full data
-        assert methods >= {"gmf", "ncf", "lightgcn", "sasrec", "gru4rec", "bert4rec"}
+        assert methods >= {"pop", "gmf", "ncf", "lightgcn", "sasrec", "gru4rec", "bert4rec"}
         runs = [r for r in batch.runs if r.scope == "run"]
         assert {r.params["preset"] for r in runs} == {"paper"}
         assert all(r.params["eval"]["max_users"] is None and r.params["data"]["sample_users"] is None for r in runs)

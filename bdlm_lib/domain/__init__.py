@@ -1,4 +1,4 @@
-"""Domain-specific recommenders (paper §2.1, §5.3): MF/GMF, NCF, LightGCN, SASRec, GRU4Rec, BERT4Rec behind
+"""Domain-specific recommenders (paper §2.1, §5.3): popularity, MF/GMF, NCF, LightGCN, SASRec, GRU4Rec, BERT4Rec behind
 one interface (`base.DomainModel`), one trainer, and run artefacts under
 `<output_dir>/<dataset>/domain/<model>/`.
 
@@ -14,11 +14,12 @@ from .factory import MODELS, build_domain_model, domain_device
 from .lightgcn import LightGCN
 from .mf import MF
 from .ncf import NCF
+from .popularity import Popularity
 from .sequential import BERT4Rec, GRU4Rec, SASRec
 from .trainer import NegativeSampler, evaluate_domain, train_domain
 from .run import load_domain, run_domain, save_domain
 from .plots import plot_history
 
-__all__ = ["MODELS", "DomainModel", "SequenceModel", "MF", "NCF", "LightGCN", "SASRec", "GRU4Rec",
+__all__ = ["MODELS", "DomainModel", "SequenceModel", "MF", "NCF", "Popularity", "LightGCN", "SASRec", "GRU4Rec",
            "BERT4Rec", "build_domain_model", "domain_device", "train_domain", "evaluate_domain", "run_domain",
            "save_domain", "load_domain", "plot_history", "NegativeSampler"]

@@ -9,9 +9,10 @@ from .base import DomainModel
 from .lightgcn import LightGCN
 from .mf import MF
 from .ncf import NCF
+from .popularity import Popularity
 from .sequential import BERT4Rec, GRU4Rec, SASRec
 
-MODELS = ("mf", "ncf", "lightgcn", "sasrec", "gru4rec", "bert4rec")
+MODELS = ("pop", "mf", "ncf", "lightgcn", "sasrec", "gru4rec", "bert4rec")
 
 
 def domain_device(params: Mapping) -> torch.device:
@@ -41,6 +42,8 @@ def build_domain_model(name: str, n_users: int, n_items: int, params: Mapping, d
 def _build(name, n_users, n_items, params, ds):
     d = params["domain"]
     dim = int(d["dim"])
+    if name == "pop":
+        return Popularity(n_users, n_items, ds.train["item"].to_numpy() if ds is not None else None)
     if name == "mf":
         return MF(n_users, n_items, dim)
     if name == "ncf":

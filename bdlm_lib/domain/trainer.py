@@ -216,6 +216,9 @@ def train_domain(model, ds, params, run_dir=None,
 
 def _train(model, ds, params, run_dir, callback) -> list[dict]:
     d = params["domain"]
+    if not any(p.requires_grad for p in model.parameters()):
+        model.eval()                             # nothing to train (popularity): no epochs
+        return []
     lr = float(model_setting(params, model.name, "lr"))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=float(d["weight_decay"]))
     sampler = NegativeSampler(ds.train["user"].to_numpy(), ds.train["item"].to_numpy(), ds.n_items)
