@@ -4,12 +4,16 @@ Top-K: each user has a group of candidates with exactly one positive; HR@k = sha
 positive ranks in the top k, NDCG@k = mean of 1/log2(rank+2) within the top k. Ties are broken
 by the candidate's stored (seed-shuffled) position, so a constant scorer gets chance-level HR.
 
+Breakdowns: the same top-K metrics by bucket of the held-out item's number of training
+interactions (`item_popularity`) and of the user's training-history length (`user_history`);
+the buckets of one evaluation partition its users, so n-weighted bucket means give the totals.
+
 Binary: the decision threshold is the one maximising F1 on the validation set, then applied to
 test; precision/recall/F1 of the positive class and AUC come from scikit-learn.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,7 +52,12 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
 
 
 def topk_metrics(frame: pd.DataFrame, scores: np.ndarray, ks: Sequence[int] = (1, 2, 5, 10)) -> dict:
-    ranks = positive_ranks(frame, scores).to_numpy()
+    return rank_metrics(positive_ranks(frame, scores).to_numpy(), ks)
+
+
+def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 2, 5, 10)) -> dict:
+    """HR@k, NDCG@k, MRR and n_users of 0-based positive ranks (one per user)."""
+    ranks = np.asarray(ranks)
     out = {}
     for k in ks:
         out[f"HR@{k}"] = hit_ratio(ranks, k)
@@ -56,6 +65,51 @@ def topk_metrics(frame: pd.DataFrame, scores: np.ndarray, ks: Sequence[int] = (1
         out[f"NDCG@{k}"] = ndcg(ranks, k)
     out["MRR"] = float(np.mean(1.0 / (ranks + 1.0)))
     out["n_users"] = int(len(ranks))
+    return out
+
+
+# --- breakdowns -----------------------------------------------------------------------------
+
+DEFAULT_BUCKETS = {"item_popularity": (0, 1, 5, 20), "user_history": (0, 5, 10, 20, 50)}
+
+
+def bucket_edges(params: Mapping | None) -> dict:
+    """The lower bucket edges of `params.eval` (item_buckets, user_buckets), else the defaults."""
+    ev = (params or {}).get("eval") or {}
+    return {"item_popularity": tuple(ev.get("item_buckets") or DEFAULT_BUCKETS["item_popularity"]),
+            "user_history": tuple(ev.get("user_buckets") or DEFAULT_BUCKETS["user_history"])}
+
+
+def bucket_labels(values: np.ndarray, edges: Sequence[int]) -> np.ndarray:
+    """Label of each value's bucket: edges (0, 1, 5, 20) -> '0', '1-4', '5-19', '20+'. Values
+    under the first edge go to the first bucket."""
+    edges = sorted(int(e) for e in edges)
+    names = [(str(a) if b - a == 1 else f"{a}-{b - 1}") for a, b in zip(edges, edges[1:])] + [f"{edges[-1]}+"]
+    idx = np.clip(np.searchsorted(edges, np.asarray(values), side="right") - 1, 0, len(edges) - 1)
+    return np.asarray(names, dtype=object)[idx]
+
+
+def user_buckets(ds, users: np.ndarray, split: str, edges: Mapping) -> pd.DataFrame:
+    """Per user (index): the bucket of the held-out item's train count and of the history length."""
+    counts = np.bincount(ds.train["item"].to_numpy(), minlength=ds.n_items)
+    hist = np.bincount(ds.train["user"].to_numpy(), minlength=ds.n_users)
+    held = getattr(ds, split).set_index("user")["item"].reindex(users).to_numpy()
+    return pd.DataFrame({"item_popularity": bucket_labels(counts[held], edges["item_popularity"]),
+                         "user_history": bucket_labels(hist[users], edges["user_history"])},
+                        index=pd.Index(users, name="user"))
+
+
+def bucket_metrics(ranks: pd.Series, buckets: pd.DataFrame, ks: Sequence[int], edges: Mapping) -> dict:
+    """{breakdown: {bucket: rank_metrics}} (every bucket listed, empty ones with n_users 0)."""
+    out: dict = {}
+    b = buckets.reindex(ranks.index)
+    for name in ("item_popularity", "user_history"):
+        table = {}
+        for lab in bucket_labels(np.asarray(sorted(edges[name])), edges[name]):
+            r = ranks.to_numpy()[(b[name] == lab).to_numpy()]
+            table[str(lab)] = rank_metrics(r, ks) if len(r) else {"n_users": 0}
+        out[name] = table
+    out["edges"] = {k: [int(e) for e in v] for k, v in edges.items()}
     return out
 
 
@@ -92,7 +146,7 @@ def binary_metrics(test_labels: np.ndarray, test_scores: np.ndarray, threshold: 
 
 def evaluate(score_fn: ScoreFn, ds, split: str = "test", max_users: int | None = None,
              ks: Sequence[int] = (1, 2, 5, 10), return_predictions: bool = False,
-             topk_users: int | None = None):
+             topk_users: int | None = None, buckets: Mapping | None = None):
     """Score `ds`'s persisted candidate sets with `score_fn(frame) -> scores` (higher = better).
 
     `frame` has columns user, item, label (and position for top-K). Returns the metrics.json
@@ -104,6 +158,8 @@ def evaluate(score_fn: ScoreFn, ds, split: str = "test", max_users: int | None =
     costs an LLM one pass, a user's four binary prompts (valid + test) more, and HR@1 is the
     metric whose CIs decide a comparison. The seeded subsets are nested (the first n of one
     permutation), so the max_users users are among the topk_users ones.
+    `buckets` (lower edges, as `bucket_edges(params)` gives them; None: the defaults) make the
+    `buckets` entry; the predictions carry each user's two bucket labels.
     """
     n_topk = max_users if topk_users is None else topk_users
     topk = ds.topk(split, max_users=n_topk)
@@ -119,12 +175,16 @@ def evaluate(score_fn: ScoreFn, ds, split: str = "test", max_users: int | None =
         tbin = vbin
         v_scores = b_scores = np.asarray(score_fn(vbin), dtype=np.float64)
     threshold = choose_threshold(vbin["label"].to_numpy(), v_scores)
+    ranks = positive_ranks(topk, t_scores)
+    edges = dict(buckets) if buckets is not None else bucket_edges(None)
+    labels = user_buckets(ds, ranks.index.to_numpy(), split, edges)
     metrics = {
         "split": split,
         "max_users": max_users,
         "topk_users": n_topk,
-        "topk": topk_metrics(topk, t_scores, ks),
+        "topk": rank_metrics(ranks.to_numpy(), ks),
         "binary": binary_metrics(tbin["label"].to_numpy(), b_scores, threshold),
+        "buckets": bucket_metrics(ranks, labels, ks, edges),
     }
     if not return_predictions:
         return metrics
@@ -132,6 +192,9 @@ def evaluate(score_fn: ScoreFn, ds, split: str = "test", max_users: int | None =
         topk[["user", "item", "label"]].assign(task="topk", split=split, score=t_scores),
         tbin[["user", "item", "label"]].assign(task="binary", split=split, score=b_scores),
     ], ignore_index=True)
+    per_user = labels.reindex(preds["user"].to_numpy())
+    preds["item_popularity"] = per_user["item_popularity"].to_numpy()
+    preds["user_history"] = per_user["user_history"].to_numpy()
     return metrics, preds
 
 

@@ -33,6 +33,11 @@ PARTIAL_METRICS, ERROR, LOCK = "metrics.partial.json", "error.txt", ".bdlm.lock"
 # Keys that say where things are or how they are shown, not what is computed: not part of a
 # run's identity (moving the output folder or the data copy does not make a run different).
 NOT_IDENTITY = ("output_dir", "data_dir", "llm.model_cache", "domain.progress")
+# keys added to the schema after runs were stored, at the value that reproduces those runs: a
+# stored identity without one of them was made with that value
+LATER_KEYS = {"data.train_keep": 1.0, "data.train_keep_order": "recent", "data.cold_items": 0.0,
+              "eval.mode": "candidates", "eval.item_buckets": [0, 1, 5, 20],
+              "eval.user_buckets": [0, 5, 10, 20, 50], "eval.full_ks": [10, 20]}
 
 
 class StoreError(ValueError):
@@ -94,14 +99,15 @@ def stored_identity(run_dir: str | os.PathLike) -> dict | None:
     """The identity a run folder was made with: its fingerprint.json, else its params.yaml."""
     run_dir = Path(run_dir)
     if (run_dir / FINGERPRINT).exists():
-        return read_json(run_dir / FINGERPRINT).get("params")
+        stored = read_json(run_dir / FINGERPRINT).get("params")
+        return None if stored is None else {**LATER_KEYS, **stored}
     if (run_dir / PARAMS).exists():
         import yaml
         try:
             data = yaml.safe_load((run_dir / PARAMS).read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise StoreError(f"{run_dir / PARAMS}: not valid YAML ({str(e).splitlines()[0]})") from None
-        return identity(data or {})
+        return {**LATER_KEYS, **identity(data or {})}
     return None
 
 

@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..metrics import evaluate
+from ..metrics import bucket_edges, evaluate
 from ..store import dataset_root, new_run_dir, write_run
 from ..joint.enhanced import EnhancedDomainModel
 from ..joint.llm_io import item_mentions
@@ -92,7 +92,7 @@ def run_candidate_finetune(params: Mapping, ds, run_dir=None, domain_run=None, p
         return enhanced.predict(frame["user"].to_numpy(), frame["item"].to_numpy(), torch.zeros(n, 0))
     ev = params["eval"]
     metrics, preds = evaluate(score, ds, "test", ev["max_users"], ev["ks"], return_predictions=True,
-                              topk_users=ev.get("topk_users"))
+                              topk_users=ev.get("topk_users"), buckets=bucket_edges(params))
     metrics.update({"model": params["domain"]["model"], "control": "candidate fine-tuning without h_L",
                     "dataset": str(params["dataset"]), "preset": params.get("preset"),
                     "domain_run": str(domain_dir), "steps": len(losses),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..metrics import evaluate, topk_metrics
+from ..metrics import bucket_edges, evaluate, topk_metrics
 from ..store import dataset_root, new_run_dir, write_run
 from ..joint.enhanced import EnhancedDomainModel
 
@@ -138,7 +138,8 @@ def run_gpt4sm(params: Mapping, ds=None, domain_run=None, progress: bool = True,
     hist = train_gpt4sm(model, ds, params, progress)
     metrics, preds = evaluate(lambda f: model.predict(f["user"].to_numpy(), f["item"].to_numpy()), ds,
                               "test", params["eval"]["max_users"], params["eval"]["ks"],
-                              return_predictions=True, topk_users=params["eval"].get("topk_users"))
+                              return_predictions=True, topk_users=params["eval"].get("topk_users"),
+                              buckets=bucket_edges(params))
     metrics.update({"method": "gpt4sm", "dataset": str(params["dataset"]), "preset": params.get("preset"),
                     "domain_model": params["domain"]["model"], "domain_run": str(domain_dir),
                     "wall_seconds": round(time.perf_counter() - t0, 2)})

@@ -6,6 +6,7 @@ Folder layout (all parquet, written atomically as one folder):
     users.parquet, items.parquet raw-id maps (+ item titles)
     {valid,test}_{topk,binary}.parquet   the shared evaluation sets
     manifest.json                dataset, seed, params, input sha256, stats
+    dropped.parquet, cold_items.parquet   only with data.train_keep / data.cold_items (sparsity.py)
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..store import dataset_root
 from . import download, registry
 from .loaders import DataError, detect_format, read_raw
 from .prepare import process, sha256_files
+from .sparsity import sparsify
 from .testsets import build_testsets, check_no_leakage
 
 SETS = ("valid_topk", "test_topk", "valid_binary", "test_binary")
@@ -33,7 +35,21 @@ def dataset_tag(params: Mapping) -> str:
     d = params["data"]
     size = f"u{d['sample_users']}" if d.get("sample_users") else "all"
     top = f"i{d['top_items']}-" if d.get("top_items") else ""
-    return f"k{d['kcore']}-{top}{size}-s{params['seed']}"
+    return f"k{d['kcore']}-{top}{size}-s{params['seed']}" + "".join(
+        f"-{tag}{v:g}" for tag, v in sparsity_settings(d).items())
+
+
+# the sparsity knobs and their tags, when they are not at their neutral default (which keeps the
+# recipe, tag and folder of data prepared without them)
+def sparsity_settings(data: Mapping) -> dict:
+    out = {}
+    if data.get("train_keep") not in (None, 1, 1.0):
+        out["keep"] = float(data["train_keep"])
+        if (data.get("train_keep_order") or "recent") != "recent":
+            out["uniform"] = 1.0
+    if data.get("cold_items"):
+        out["cold"] = float(data["cold_items"])
+    return out
 
 
 def dataset_dir(params: Mapping) -> Path:
@@ -45,7 +61,8 @@ def recipe(params: Mapping) -> dict:
     return {"dataset": str(params["dataset"]), "seed": params["seed"],
             "data": {k: params["data"].get(k) for k in ("format", "kcore", "top_items", "sample_users",
                                                           "title_extras")},
-            "testset": dict(params["testset"])}
+            "testset": dict(params["testset"])} | (
+        {"sparsity": sparsity_settings(params["data"])} if sparsity_settings(params["data"]) else {})
 
 
 def _input_files(folder: Path) -> list[Path]:
@@ -137,6 +154,8 @@ def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True,
     except ValueError as e:
         raise DataError(f"{folder}: {e}") from None
     check_no_leakage(proc.train, sets, proc.valid, proc.test)
+    # thinning comes after the evaluation sets: they are the same at every density
+    train, dropped, cold = sparsify(proc.train, len(proc.items), params["data"], params["seed"])
     noun = params["data"].get("noun") or (spec.noun if spec else "items")
     manifest = {
         "version": MANIFEST_VERSION,
@@ -150,14 +169,19 @@ def prepare_dataset(params: Mapping, force: bool = False, verbose: bool = True,
         "inputs": (inputs := _input_stats(folder)),
         "inputs_sha256": {n: v["sha256"] for n, v in inputs.items()},
         "stats": proc.stats,
+        "train_interactions": int(len(train)),
+        "sparsity": {**sparsity_settings(params["data"]), "dropped": int(len(dropped)), "cold_items": int(len(cold))},
         "counts": proc.counts,
         "seconds": {"read": round(t_read, 2), "process": round(t_proc, 2),
                     "total": round(time.perf_counter() - t0, 2)},
     }
     with atomic_dir(out) as tmp:
-        for name, df in (("train", proc.train), ("valid", proc.valid), ("test", proc.test),
+        for name, df in (("train", train), ("valid", proc.valid), ("test", proc.test),
                          ("users", proc.users), ("items", proc.items), *sets.items()):
             df.to_parquet(tmp / f"{name}.parquet", index=False)
+        if len(dropped):
+            dropped.to_parquet(tmp / "dropped.parquet", index=False)
+            pd.DataFrame({"item": cold}).to_parquet(tmp / "cold_items.parquet", index=False)
         write_json(tmp / "manifest.json", manifest)
     if verbose:
         s = proc.stats
@@ -191,6 +215,18 @@ class RecDataset:
     @property
     def stats(self) -> dict:
         return self.manifest["stats"]
+
+    @property
+    def dropped(self) -> pd.DataFrame:
+        """Training interactions removed by data.train_keep / data.cold_items (empty without)."""
+        f = self.path / "dropped.parquet"
+        return pd.read_parquet(f) if f.exists() else self.train.iloc[:0]
+
+    @property
+    def cold_items(self) -> np.ndarray:
+        """Items whose every training interaction was removed (data.cold_items)."""
+        f = self.path / "cold_items.parquet"
+        return pd.read_parquet(f)["item"].to_numpy() if f.exists() else np.zeros(0, dtype=np.int64)
 
     def train_sequences(self) -> list[np.ndarray]:
         """Per user, the train items in time order."""

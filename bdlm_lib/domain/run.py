@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..full_ranking import domain_scorer, evaluate_full
 from ..params import Params
 from ..runs import atomic_write_bytes
 from ..store import dataset_root, new_run_dir, write_run
@@ -153,6 +154,8 @@ def _run(params, ds, name, run_dir):
     history = train_domain(model, ds, params, run_dir)
     train_seconds = time.perf_counter() - t0
     metrics, preds = evaluate_domain(model, ds, params, split="test", return_predictions=True)
+    if params["eval"].get("mode") == "full":
+        metrics["full"] = evaluate_full(domain_scorer(model), ds, params)
     # the epochs the trainer could pick (a history from before `monitored` existed: all of them)
     evals = [h for h in history if h["valid_hr1"] is not None and h.get("monitored", True)]
     best = max(evals, key=lambda h: h["valid_hr1"]) if evals else None

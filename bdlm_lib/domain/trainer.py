@@ -21,7 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
-from ..metrics import evaluate, topk_metrics
+from ..metrics import bucket_edges, evaluate, topk_metrics
 from ..runs import atomic_write_bytes
 from .denormals import denormals_flushed
 
@@ -29,13 +29,19 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 class NegativeSampler:
-    """Uniform negatives over the items a user has not interacted with in the train split."""
+    """Uniform negatives over the items a user has not interacted with in the train split.
+    `exclude` (the cold items of data.cold_items) are never drawn: a cold item stands for one
+    that did not exist while the model trained, so it is neither a positive nor a negative."""
 
-    def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int):
+    def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int, exclude=None):
         self.n_items = int(n_items)
         self.keys = np.unique(np.asarray(users, np.int64) * self.n_items + np.asarray(items, np.int64))
+        exclude = np.asarray(exclude if exclude is not None else [], np.int64)
+        # draws go through the pool of allowed items (all of them without `exclude`)
+        self.pool = np.setdiff1d(np.arange(self.n_items), exclude) if len(exclude) else None
+        n_allowed = self.n_items if self.pool is None else len(self.pool)
         counts = np.bincount(self.keys // self.n_items)
-        if len(counts) and counts.max() >= self.n_items:
+        if len(counts) and counts.max() >= n_allowed:
             raise ValueError("negative sampling: a user has interacted with every item")
 
     def seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -46,10 +52,12 @@ class NegativeSampler:
     def sample(self, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """[len(users), k] negatives (rejection sampling; only the rejected ones are redrawn)."""
         u = np.repeat(np.asarray(users, np.int64), k)
-        out = rng.integers(0, self.n_items, size=len(u))
+        draw = (lambda n: rng.integers(0, self.n_items, size=n)) if self.pool is None else (
+            lambda n: self.pool[rng.integers(0, len(self.pool), size=n)])
+        out = draw(len(u))
         todo = np.flatnonzero(self.seen(u, out))
         while len(todo):
-            out[todo] = rng.integers(0, self.n_items, size=len(todo))
+            out[todo] = draw(len(todo))
             todo = todo[self.seen(u[todo], out[todo])]
         return out.reshape(-1, k)
 
@@ -127,7 +135,7 @@ def evaluate_domain(model, ds, params, split: str = "test", return_predictions: 
     """The shared metrics (the metrics.json layout of every run) on `split`'s persisted candidate sets."""
     return evaluate(score_fn(model, params), ds, split=split, max_users=params["eval"]["max_users"],
                     ks=params["eval"]["ks"], return_predictions=return_predictions,
-                    topk_users=params["eval"].get("topk_users"))
+                    topk_users=params["eval"].get("topk_users"), buckets=bucket_edges(params))
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -221,7 +229,8 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
         return []
     lr = float(model_setting(params, model.name, "lr"))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=float(d["weight_decay"]))
-    sampler = NegativeSampler(ds.train["user"].to_numpy(), ds.train["item"].to_numpy(), ds.n_items)
+    sampler = NegativeSampler(ds.train["user"].to_numpy(), ds.train["item"].to_numpy(), ds.n_items,
+                              exclude=ds.cold_items)
     if model.unit == "users":
         model.set_train_sequences(ds.train_sequences())
     state = {"epoch": -1, "best_hr1": -1.0, "best_epoch": -1, "bad_evals": 0, "done": False,

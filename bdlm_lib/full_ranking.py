@@ -1,0 +1,97 @@
+"""Full-catalogue ranking (`eval.mode: full`), beside the paper's 1-of-20 candidate sets.
+
+Each evaluated user's held-out item is ranked against every item the user has not interacted
+with before it: the training items (and those `data.train_keep` / `data.cold_items` removed from
+training: the user did interact with them, so they are neither positives nor negatives) and, for
+the test split, the validation item. This is RecBole's full-sort evaluation of a leave-one-out
+split. With one held-out item per user,
+
+    Recall@K = 1 if rank < K else 0,     NDCG@K = 1 / log2(rank + 2) if rank < K else 0
+
+(rank 0-based), averaged over users, as RecBole and Microsoft Recommenders compute them for a
+single relevant item (tests/test_full_ranking.py checks NDCG against scikit-learn's
+`ndcg_score`). Ties are broken by a seeded permutation of the items, so a constant scorer gets
+chance-level metrics, as in the candidate sets.
+
+A scorer is `score_users(users [B]) -> scores [B, n_items]` (higher = better).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+ScoreUsers = Callable[[np.ndarray], np.ndarray]
+
+
+def seen_items(ds, split: str) -> pd.DataFrame:
+    """(user, item) pairs that are not ranked for `split`: everything the user touched before."""
+    parts = [ds.train[["user", "item"]], ds.dropped[["user", "item"]]]
+    if split == "test":
+        parts.append(ds.valid[["user", "item"]])
+    return pd.concat(parts, ignore_index=True)
+
+
+def full_ranks(score_users: ScoreUsers, ds, split: str, users: np.ndarray, seed: int = 0,
+               chunk: int = 256, progress: bool = False) -> pd.Series:
+    """0-based rank of each user's held-out item among the items it has not touched (index user)."""
+    from tqdm.auto import tqdm
+
+    users = np.asarray(users, dtype=np.int64)
+    held = getattr(ds, split).set_index("user")["item"].reindex(users).to_numpy()
+    seen = seen_items(ds, split)
+    seen = seen[seen["user"].isin(users)]
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), 13])).permutation(ds.n_items)
+    ranks = np.empty(len(users), dtype=np.int64)
+    row_of = pd.Series(np.arange(len(users)), index=users)
+    for s in tqdm(range(0, len(users), chunk), disable=not progress, desc="full ranking", leave=False):
+        u, pos = users[s:s + chunk], held[s:s + chunk]
+        scores = np.asarray(score_users(u), dtype=np.float64)
+        if scores.shape != (len(u), ds.n_items):
+            raise ValueError(f"full ranking: the scorer returned {scores.shape}, expected {(len(u), ds.n_items)}")
+        if np.isnan(scores).any():
+            raise ValueError("full ranking: scores contain NaN")
+        mask = seen[seen["user"].isin(u)]
+        rows = row_of.reindex(mask["user"].to_numpy()).to_numpy() - s
+        scores[rows, mask["item"].to_numpy()] = -np.inf        # touched before: not ranked
+        sp = scores[np.arange(len(u)), pos][:, None]
+        ahead = (scores > sp) | ((scores == sp) & (order[None, :] < order[pos][:, None]))
+        ranks[s:s + chunk] = ahead.sum(1)
+    return pd.Series(ranks, index=pd.Index(users, name="user"))
+
+
+def full_metrics(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict:
+    r = np.asarray(ranks, dtype=np.float64)
+    out = {f"Recall@{k}": float(np.mean(r < k)) for k in ks}
+    out.update({f"NDCG@{k}": float(np.mean(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0))) for k in ks})
+    out["MRR"] = float(np.mean(1.0 / (r + 1.0)))
+    out["n_users"] = int(len(r))
+    return out
+
+
+def domain_scorer(model, max_elements: int = 1 << 24) -> ScoreUsers:
+    """Scores of every item for a batch of users from a domain model (its own logit, so NCF's MLP
+    and the sequence models' encoders work as in training), in chunks of users."""
+    items = torch.arange(model.n_items, device=model.device)
+
+    def score(users: np.ndarray) -> np.ndarray:
+        step = max(1, max_elements // max(1, model.n_items * max(model.dim, 1)))
+        out = []
+        with model.inference():
+            for s in range(0, len(users), step):
+                u = torch.as_tensor(users[s:s + step], device=model.device)
+                out.append(model(u, items.expand(len(u), -1)).double().cpu().numpy())
+        return np.concatenate(out)
+    return score
+
+
+def evaluate_full(score_users: ScoreUsers, ds, params: Mapping, split: str = "test",
+                  progress: bool = False) -> dict:
+    """The `full` entry of metrics.json for `params.eval` (the same users as the candidate sets)."""
+    ev = params["eval"]
+    n = ev.get("topk_users") or ev.get("max_users")
+    users = ds.eval_users(n)
+    ranks = full_ranks(score_users, ds, split, users, seed=int(params["seed"]), progress=progress)
+    return {"split": split, "n_items": int(ds.n_items), **full_metrics(ranks.to_numpy(), ev.get("full_ks") or (10, 20))}
