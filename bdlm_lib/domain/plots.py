@@ -12,13 +12,17 @@ def plot_history(history: list[dict], path=None, title: str | None = None):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    df = pd.DataFrame(history)
+    df = pd.DataFrame(history, columns=["epoch", "loss", "valid_hr1"] if not history else None)
     sns.set_theme(style="whitegrid")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    sns.lineplot(data=df, x="epoch", y="loss", marker="o", ax=axes[0])
+    if df.empty:                  # a model without training (popularity): say so instead of curves
+        for ax in axes:
+            ax.text(0.5, 0.5, "no training epochs", ha="center", va="center", transform=ax.transAxes)
+    else:
+        sns.lineplot(data=df, x="epoch", y="loss", marker="o", ax=axes[0])
+        ev = df.dropna(subset=["valid_hr1"])
+        sns.lineplot(data=ev, x="epoch", y="valid_hr1", marker="o", color="C1", ax=axes[1])
     axes[0].set_title("train loss")
-    ev = df.dropna(subset=["valid_hr1"])
-    sns.lineplot(data=ev, x="epoch", y="valid_hr1", marker="o", color="C1", ax=axes[1])
     axes[1].set_title("validation HR@1")
     axes[1].set_ylabel("HR@1")
     if title:

@@ -168,8 +168,7 @@ def _run(params, ds, name, run_dir):
         "epoch_seconds": round(sum(h["seconds"] for h in history) / max(len(history), 1), 3),
     })
     save_domain(model, run_dir, params)
-    if history:                                          # a model without training has no curves
-        plt.close(plot_history(history, run_dir / "training.png", title=f"{name} on {params['dataset']}"))
+    plt.close(plot_history(history, run_dir / "training.png", title=f"{name} on {params['dataset']}"))
     write_run(run_dir, params, metrics, extra={"history.json": history}, predictions={"predictions.parquet": preds})
     (run_dir / CHECKPOINT).unlink(missing_ok=True)      # the finished artefacts replace it
     return model, metrics, run_dir
