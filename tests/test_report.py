@@ -157,13 +157,23 @@ def test_report_never_mixes_presets(outputs, tmp_path):
     mixed = tmp_path / "outputs"
     shutil.copytree(out / "ml1m", mixed / "ml1m")
     demo = mixed / "ml1m" / "d"
-    shutil.copytree(out / "ml1m" / "t" / "lightgcn-s42", demo / "lightgcn-s42")
-    info = json.loads((demo / "lightgcn-s42" / "run.json").read_text())
-    write_json(demo / "lightgcn-s42" / "run.json", {**info, "preset": "demo"})
 
+    def as_demo(run_id):
+        shutil.copytree(out / "ml1m" / "t" / run_id, demo / run_id)
+        info = json.loads((demo / run_id / "run.json").read_text())
+        write_json(demo / run_id / "run.json", {**info, "preset": "demo"})
+
+    # a larger preset with domain runs only (e.g. the full-data baselines) does not replace the
+    # main table's preset: they have their own table
+    as_demo("lightgcn-s42")
     build_report(mixed, n_boot=50)
     summary = pd.read_csv(mixed / "report" / "summary.csv")
-    assert list(summary["label"]) == ["LightGCN"] and set(summary["preset"]) == {"demo"}
+    assert set(summary["preset"]) == {"smoke"} and "BDLM-drs" in set(summary["label"])
+    # with a BDLM run there, it does, for the whole dataset
+    as_demo("bdlm-lam0.1-s42")
+    build_report(mixed, n_boot=50)
+    summary = pd.read_csv(mixed / "report" / "summary.csv")
+    assert set(summary["label"]) == {"LightGCN", "BDLM-llm", "BDLM-drs"} and set(summary["preset"]) == {"demo"}
     assert "per dataset its largest preset" in (mixed / "report" / "report.md").read_text()
 
     build_report(mixed, n_boot=50, preset="smoke")
@@ -276,3 +286,39 @@ def test_results_page_is_generated_with_figures_and_notes(outputs, tmp_path):
     figs = sorted(p.name for p in (docs / "results_figures").glob("*.png"))
     assert figs and all(f"](results_figures/{f})" in page for f in figs)
     assert str(out) not in page                     # the page names no local folder
+
+
+def test_full_data_table_and_sparsity_section(outputs, tmp_path):
+    """Full-data domain runs get the table beside the paper's Table 3; runs of a sparsity* batch at
+    two densities get the sparsity tables, paired tests and per-bucket rows (buckets partition users)."""
+    import shutil
+    import yaml
+    out, ds = outputs
+    root = tmp_path / "outputs"
+
+    def copy(run_id, batch, **data):
+        dst = root / "ml1m" / batch / run_id
+        shutil.copytree(out / "ml1m" / "t" / run_id, dst)
+        p = load_params("ml1m", "smoke", {"output_dir": str(root), **{f"data.{k}": v for k, v in data.items()}})
+        if batch == "full":
+            p = load_params("ml1m", "paper", {"output_dir": str(root)})
+        (dst / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(p, default=dict))))
+        return dst
+
+    copy("lightgcn-s42", "full")
+    for keep, batch in ((1.0, "sparsity_full"), (0.5, "sparsity_half")):
+        for run_id in ("lightgcn-s42", "bdlm-lam0.1-s42", "instructrec-s42"):
+            copy(run_id, batch, train_keep=keep)
+    build_report(root, n_boot=50)
+    rep = root / "report"
+    paper = pd.read_csv(rep / "paper_comparison.csv").set_index("method")
+    assert paper.loc["LightGCN", "paper HR@1"] == 0.284 and paper.loc["LightGCN", "dataset"] == "ml1m"
+    sp = pd.read_csv(rep / "sparsity.csv")
+    assert list(sp["setting"]) == ["default", "keep 0.5"] and {"LightGCN", "BDLM-drs", "InstructRec"} <= set(sp.columns)
+    tests = pd.read_csv(rep / "sparsity_tests.csv")
+    assert set(tests["comparison"]) == {"BDLM-drs vs LightGCN", "BDLM-llm vs LightGCN"} and len(tests) == 4
+    buckets = pd.read_csv(rep / "sparsity_item_popularity.csv")
+    for setting, g in buckets.groupby("setting"):
+        assert g["n LightGCN"].sum() == 60 and g["n BDLM-drs"].sum() == 40     # ranked users, all buckets
+    md = (rep / "report.md").read_text()
+    assert "## Sparsity" in md and "## Full data" in md and (rep / "sparsity.png").exists()

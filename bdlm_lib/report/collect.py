@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from .. import store
+from ..methods import BDLM_ROWS
 from ..methods import label as method_label
 from ..runs import read_json
 
@@ -48,10 +49,32 @@ def _run_info(run_dir: Path) -> dict | None:
         else:
             return None
     info.setdefault("preset", params.get("preset"))
+    info["setting"] = data_setting(params.get("data") or {})
+    info["full_data"] = full_data(params)
     info.setdefault("seed", params.get("seed"))
     if info.get("lambda_ml") is None and info["method"] in ("bdlm", "bdlm_ncf", "wo_pe", "wo_et"):
         info["lambda_ml"] = (params.get("joint") or {}).get("lambda_ml")
     return info
+
+
+def data_setting(data: dict) -> str:
+    """'default', or the sparsity knobs a run's data was made with ('keep 0.5', 'cold 0.2', ...)."""
+    parts = []
+    if data.get("train_keep") not in (None, 1, 1.0):
+        parts.append(f"keep {float(data['train_keep']):g}"
+                     + (" uniform" if data.get("train_keep_order") == "uniform" else ""))
+    if data.get("cold_items"):
+        parts.append(f"cold {float(data['cold_items']):g}")
+    return ", ".join(parts) or "default"
+
+
+def full_data(params: dict) -> bool:
+    """Every user of the k-core (no sampled users, no top-items subset) evaluated on every user."""
+    if not params.get("data") or not params.get("eval"):
+        return False                  # no params.yaml: nothing says which data it used
+    d, ev = params["data"], params["eval"]
+    return (d.get("sample_users") is None and d.get("top_items") is None and ev.get("max_users") is None
+            and ev.get("topk_users") is None)
 
 
 def collect_runs(output_dir: str | Path) -> pd.DataFrame:
@@ -73,12 +96,14 @@ def collect_runs(output_dir: str | Path) -> pd.DataFrame:
             rows.append({"dataset": run_dir.parent.parent.name, "batch": run_dir.parent.name,
                          "run_id": run_dir.name, "method": info["method"], "side": side, "label": label,
                          "lambda_ml": info.get("lambda_ml"), "seed": info.get("seed"),
-                         "preset": info.get("preset"), "HR@1": tk.get("HR@1"), "HR@2": tk.get("HR@2"),
+                         "preset": info.get("preset"), "setting": info.get("setting", "default"),
+                         "full_data": bool(info.get("full_data")), "HR@1": tk.get("HR@1"), "HR@2": tk.get("HR@2"),
                          "precision": bn.get("precision"), "recall": bn.get("recall"), "F1": bn.get("f1"),
-                         "threshold": bn.get("threshold"), "run_dir": str(run_dir),
+                         "threshold": bn.get("threshold"), "AUC": bn.get("auc"), "run_dir": str(run_dir),
                          "mtime": mfile.stat().st_mtime})
     return pd.DataFrame(rows, columns=["dataset", "batch", "run_id", "method", "side", "label", "lambda_ml",
-                                       "seed", "preset", *METRICS, "threshold", "run_dir", "mtime"])
+                                       "seed", "preset", "setting", "full_data", *METRICS, "threshold", "AUC",
+                                       "run_dir", "mtime"])
 
 
 def load_predictions(run_dir: str | Path, side: str = "main") -> pd.DataFrame | None:
@@ -96,12 +121,15 @@ def load_predictions(run_dir: str | Path, side: str = "main") -> pd.DataFrame | 
 
 def one_preset(runs: pd.DataFrame, preset: str | None = None) -> pd.DataFrame:
     """The runs of `preset`, or per dataset those of its largest preset (paper > cpu > demo >
-    smoke): methods are only compared on the same data sample, users and training budget."""
+    smoke) among the presets that have a BDLM run (any preset when none has): methods are only
+    compared on the same data sample, users and training budget; domain models alone at a larger
+    preset (the full-data baselines) have their own table."""
     if runs.empty:
         return runs
     if preset is not None:
         return runs[runs["preset"] == preset]
-    rank = runs["preset"].map(PRESET_RANK).fillna(0)
+    has_bdlm = runs["label"].isin(BDLM_ROWS).groupby([runs["dataset"], runs["preset"]]).transform("any")
+    rank = runs["preset"].map(PRESET_RANK).fillna(0) + 10 * has_bdlm.astype(float)
     return runs[rank == rank.groupby(runs["dataset"]).transform("max")]
 
 
