@@ -241,6 +241,16 @@ def test_repo_batch_files_expand(name, tmp_path):
         runs = [r for r in batch.runs if r.scope == "run"]
         assert {r.params["preset"] for r in runs} == {"paper"}
         assert all(r.params["eval"]["max_users"] is None and r.params["data"]["sample_users"] is None for r in runs)
+    elif name.startswith("cpu_sparsity_"):  # one setting of the sparsity study; the same runs at every setting
+        assert {r.method for r in batch.runs if r.scope == "run"} == {"lightgcn", "lightgcn_ft", "bdlm", "instructrec"}
+        assert spec["name"].startswith("sparsity")            # the report's sparsity section reads these
+        dense_name = "cpu_sparsity_" + name[len("cpu_sparsity_"):].split("_")[0].removesuffix(".yaml") + ".yaml"
+        dense = {r.method: r.params for r in expand_repo_batch(dense_name, tmp_path)[1].runs if r.scope == "run"}
+        for r in (r for r in batch.runs if r.scope == "run"):   # the dense point's runs but for the data knobs
+            (a, keep), (b, keep1) = (split_off(x, "data", "train_keep") for x in (r.params, dense[r.method]))
+            (a, cold), (b, cold0) = split_off(a, "data", "cold_items"), split_off(b, "data", "cold_items")
+            assert a == b, r.run_id
+            assert keep1 == 1.0 and cold0 == 0.0 and (name == dense_name or (keep, cold) != (1.0, 0.0))
     elif name.startswith("cpu_seeds_"):  # other seeds of the main comparison, for pooled paired tests
         assert {"lightgcn", "lightgcn_ft", "bdlm"} <= methods and 42 not in {r.seed for r in batch.runs}
         seed42 = {r.method: r.params for prefix in ("cpu_", "cpu_more_")

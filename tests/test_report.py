@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,9 @@ from bdlm_lib.data import load_dataset
 from bdlm_lib.report import build_report, collect_runs, paired_test, per_user
 from bdlm_lib.metrics import evaluate
 from bdlm_lib.runs import write_json
+
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def scorer(strength: float, seed: int):
@@ -322,3 +326,12 @@ def test_full_data_table_and_sparsity_section(outputs, tmp_path):
         assert g["n LightGCN"].sum() == 60 and g["n BDLM-drs"].sum() == 40     # ranked users, all buckets
     md = (rep / "report.md").read_text()
     assert "## Sparsity" in md and "## Full data" in md and (rep / "sparsity.png").exists()
+    # notebook 10 draws and records the same study from the same runs
+    import papermill as pm
+    record = tmp_path / "nb10"
+    pm.execute_notebook(str(REPO / "notebooks" / "10_sparsity.ipynb"), str(tmp_path / "10.ipynb"),
+                        parameters={"output_dir": str(root), "run_dir": str(record), "n_boot": 50},
+                        kernel_name="python3", cwd=str(REPO / "notebooks"), progress_bar=False)
+    rec = json.loads((record / "metrics.json").read_text())
+    assert rec["settings"] == ["default", "keep 0.5"] and len(rec["tests"]) == 4
+    assert {t["p (McNemar exact)"] for t in rec["tests"]} == set(tests["p (McNemar exact)"])
