@@ -87,6 +87,12 @@ def domain_scorer(model, max_elements: int = 1 << 24) -> ScoreUsers:
     return score
 
 
+def not_ranked(params: Mapping, reason: str) -> dict:
+    """The `full` entry of a run whose method cannot rank the whole catalogue here (empty without
+    eval.mode full)."""
+    return {"full": {"not_applicable": reason}} if params["eval"].get("mode") == "full" else {}
+
+
 def evaluate_full(score_users: ScoreUsers, ds, params: Mapping, split: str = "test",
                   progress: bool = False) -> dict:
     """The `full` entry of metrics.json for `params.eval` (the same users as the candidate sets)."""
