@@ -194,7 +194,7 @@ def load_inputs(params: Mapping, ds=None, domain_run=None, verbose: bool = True,
         ds = load_dataset(params, verbose=verbose)
     domain, domain_dir = pretrained_domain(params, ds, domain_run)
     lp = params["llm"]
-    llm, tok = load_backbone(lp["backbone"], lp.get("model_cache"), lp["dtype"])
+    llm, tok = load_backbone(lp["backbone"], lp.get("model_cache"), lp["dtype"], lp["attn_implementation"])
     if cuda and torch.cuda.is_available():
         llm = llm.cuda()
     return ds, domain, domain_dir, llm, tok

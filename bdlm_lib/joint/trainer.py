@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Mapping
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..llm.batching import epoch_schedule
+from ..llm.efficiency import autocast, gradient_checkpointing
 from ..llm.sft import setup_trainable
 from ..runs import atomic_dir, read_json, read_safetensors, write_json
 from ..llm.batching import collate
@@ -173,8 +175,13 @@ class JointTrainer:
         self.llm.train(train)
         batch = collate(prompts, self.pad, with_answer=True)
         users, items = prompt_ids(prompts)
-        fwd = self.engine if self.engine is not None and train else self.wrapper
-        out, ru, ri = fwd(batch, users if with_rows else None, items if with_rows else None)
+        if self.engine is not None and train:   # the engine's own precision (its JSON config)
+            out, ru, ri = self.engine(batch, users if with_rows else None, items if with_rows else None)
+            return out, users, items, ru, ri
+        dev = next(self.llm.parameters()).device
+        with gradient_checkpointing(self.llm, self.params) if train else nullcontext(), \
+                autocast(dev, self.params):
+            out, ru, ri = self.wrapper(batch, users if with_rows else None, items if with_rows else None)
         return out, users, items, ru, ri
 
     def llm_step(self, prompts) -> tuple[dict, object]:

@@ -95,8 +95,10 @@ def resolve_backbone(name_or_path: str, cache_dir: str | os.PathLike | None = No
 
 
 def load_backbone(name_or_path: str = "smollm2-135m-instruct",
-                  cache_dir: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32"):
-    """Load `(model, tokenizer)` from an embedded name or a local Hugging Face causal-LM folder.
+                  cache_dir: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32",
+                  attn_implementation: str = "sdpa"):
+    """Load `(model, tokenizer)` from an embedded name or a local Hugging Face causal-LM folder,
+    with the attention kernel `attn_implementation` (params.llm.attn_implementation).
 
     The tokenizer gets a pad token (eos if it has none) and right padding by default; the scoring
     functions do not rely on the padding side (they read positions from the attention mask).
@@ -106,7 +108,8 @@ def load_backbone(name_or_path: str = "smollm2-135m-instruct",
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     tok = _tokenizer(folder)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype,
+                                                     attn_implementation=attn_implementation)
     except Exception as e:  # a corrupt weights file raises safetensors' own error, not an OSError
         hint = "; delete the folder to convert it again" if name_or_path in EMBEDDED else ""
         raise BackboneError(f"{folder}: cannot load backbone ({_first_line(e)}){hint}") from None

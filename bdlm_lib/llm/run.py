@@ -96,7 +96,8 @@ def prepare_llm(params: Mapping, ds, variant: str, domain_embeddings=None, model
     v = VARIANTS[variant]
     llm = params["llm"]
     if model is None:
-        model, tokenizer = load_backbone(llm["backbone"], llm.get("model_cache"), llm["dtype"])
+        model, tokenizer = load_backbone(llm["backbone"], llm.get("model_cache"), llm["dtype"],
+                                         llm["attn_implementation"])
         if torch.cuda.is_available():
             model.to("cuda")
     info: dict = {"token_map": None, "tables": None, "preload": None, "alignment_before": None}

@@ -11,22 +11,26 @@ The vocabulary projection is applied only to the rows that need it (label positi
 `sft_train` trainable modes (params.sft.trainable):
 - full: every parameter.
 - top:  the top `sft.top_layers` transformer layers + final norm + the NEW token rows of the
-        (tied) embedding; the word rows are frozen by a gradient mask hook on the embedding weight
-        (and that weight gets no weight decay, so frozen rows really do not move).
-- lora: peft LoRA on the attention projections, plus the new token rows as in "top"; merged into
-        the model at the end so callers keep using the same model object.
+        embedding (and of the output layer when untied); the word rows are frozen by a gradient
+        mask hook on the weight (which gets no weight decay, so frozen rows really do not move).
+- lora: peft LoRA adapters on `sft.lora_targets` + the new token rows as peft trainable tokens
+        (`llm.lora`); merged into the model at the end, so callers keep one plain model object.
+Gradient checkpointing and bf16 autocast follow params (`llm.efficiency`).
 """
 from __future__ import annotations
 
 import math
 import random
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
 from .batching import body, collate, epoch_schedule, lm_forward
+from .efficiency import autocast, gradient_checkpointing
+from .lora import add_lora, is_tied, merge_lora
 from .prompts import Prompt
 
 
@@ -63,8 +67,10 @@ def setup_trainable(model, tokenizer, params: Mapping):
     sft = params["sft"]
     mode = sft["trainable"]
     emb = model.get_input_embeddings().weight
+    out_w = None if is_tied(model) else model.get_output_embeddings().weight
     start = new_token_start(tokenizer)
     hooks = []
+    rows: list = []   # the parameters holding the new token rows: no weight decay
     if mode == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -79,17 +85,15 @@ def setup_trainable(model, tokenizer, params: Mapping):
                     p.requires_grad_(True)
             for p in dec.norm.parameters():
                 p.requires_grad_(True)
-        else:
-            from peft import LoraConfig, inject_adapter_in_model
-            cfg = LoraConfig(r=int(sft["lora_r"]), lora_alpha=int(sft["lora_alpha"]),
-                             lora_dropout=float(sft["lora_dropout"]),
-                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-            inject_adapter_in_model(cfg, model)  # in place: callers keep the same model object
-            for n, p in model.named_parameters():
-                p.requires_grad_("lora_" in n)
-        if start is not None:  # the new token rows (tied: also their output rows)
-            emb.requires_grad_(True)
-            hooks.append(_row_mask_hook(emb, start))
+            if start is not None:  # the new rows of the embedding (and of an untied output layer)
+                for w in [emb] + ([out_w] if out_w is not None else []):
+                    w.requires_grad_(True)
+                    hooks.append(_row_mask_hook(w, start))
+                    rows.append(w)
+        else:   # in place: callers keep the same model object
+            add_lora(model, params, None if start is None else range(start, len(tokenizer)))
+            rows = [p for n, p in model.named_parameters() if "trainable_tokens_delta" in n]
+        if start is not None:
             if not sft["rows_from_context"]:
                 # the rows learn through the output layer (tied) and L_ML only: with the input
                 # side cut, the backward pass stops at the top layers (about half a step on CPU)
@@ -98,24 +102,17 @@ def setup_trainable(model, tokenizer, params: Mapping):
     else:
         raise ValueError(f"sft.trainable must be full, top or lora, got {mode!r}")
     wd = float(sft["weight_decay"])
-    decay = [p for p in model.parameters() if p.requires_grad and p is not emb]
+    if mode == "full":
+        rows = [emb]
+    rows = [p for p in rows if p.requires_grad]
+    decay = [p for p in model.parameters() if p.requires_grad and not any(p is r for r in rows)]
     groups = [{"params": decay, "weight_decay": wd}]
-    if emb.requires_grad:  # no weight decay: masked (frozen) word rows must not shrink
-        groups.append({"params": [emb], "weight_decay": 0.0})
+    if rows:  # no weight decay: masked (frozen) word rows must not shrink
+        groups.append({"params": rows, "weight_decay": 0.0})
     n_train = sum(p.numel() for g in groups for p in g["params"])
-    if mode != "full" and start is not None:
-        n_train -= start * emb.shape[1]  # masked word rows do not count
+    if mode == "top" and start is not None:
+        n_train -= start * sum(w.shape[1] for w in rows)  # masked word rows do not count
     return groups, hooks, {"mode": mode, "trainable_params": int(n_train), "new_token_start": start}
-
-
-def merge_lora(model) -> None:
-    """Fold injected LoRA weights into the base linear layers (in place)."""
-    from peft.tuners.lora import LoraLayer
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-            parent = model.get_submodule(name.rsplit(".", 1)[0])
-            setattr(parent, name.rsplit(".", 1)[1], module.get_base_layer())
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -157,12 +154,14 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
 # ----------------------------------------------------------------------------- training
 
 def sft_train(model, tokenizer, samples: Sequence[Prompt], params: Mapping, run_dir=None,
-              progress: bool = True, resume: bool = True) -> dict:
+              progress: bool = True, resume: bool = True, merge: bool = True) -> dict:
     """Fine-tune `model` in place on `samples` (loss on answer tokens only); return the history.
 
     AdamW, lr sft.lr, cosine schedule with sft.warmup_ratio warm-up (transformers'
     get_cosine_schedule_with_warmup), gradient accumulation sft.grad_accum, gradient clipping at
-    sft.max_grad_norm, bf16 autocast on GPU only. Steps = min(sft.max_steps, epochs × batches).
+    sft.max_grad_norm, bf16 autocast on a GPU (sft.bf16_autocast), gradient checkpointing
+    (sft.gradient_checkpointing). Steps = min(sft.max_steps, epochs × batches). LoRA is merged at
+    the end (`merge=False` leaves the model wrapped, the adapters inspectable: `lora.merge_lora`).
     With `run_dir` and sft.checkpoint_every, a checkpoint (trainable weights, optimizer, scheduler,
     RNG) is written every N steps under run_dir/checkpoints and training resumes from the latest
     one; the data order depends only on (seed, step), so a resumed run ends with the same weights.
@@ -200,13 +199,15 @@ def sft_train(model, tokenizer, samples: Sequence[Prompt], params: Mapping, run_
     t0 = time.perf_counter()
     log_every = int(sft.get("log_every") or 1)
     bar = tqdm(total=total, initial=start, desc=f"SFT ({info['mode']})", disable=not progress)
+    modes = ExitStack()   # gradient checkpointing while the loop runs
     try:
+        modes.enter_context(gradient_checkpointing(model, params))
         for step in range(start, total):
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
             for mb in micro[step * accum:(step + 1) * accum]:
                 batch = collate([samples[i] for i in mb], pad)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                with autocast(dev, params):
                     out = lm_forward(model, batch, need_items=False)
                 (out.loss / accum).backward()
                 step_loss += float(out.loss.detach()) / accum
@@ -223,11 +224,12 @@ def sft_train(model, tokenizer, samples: Sequence[Prompt], params: Mapping, run_
             if ckpt_dir is not None and ckpt_every and (step + 1) % int(ckpt_every) == 0 and step + 1 < total:
                 save_checkpoint(ckpt_dir, step + 1, model, opt, sched)
     finally:
+        modes.close()
         bar.close()
         for h in hooks:
             h.remove()
         model.eval()
-    if info["mode"] == "lora":
+    if info["mode"] == "lora" and merge:
         merge_lora(model)
     for p in model.parameters():
         p.requires_grad_(False)

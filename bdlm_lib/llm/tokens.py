@@ -6,11 +6,19 @@ byte-level BPE spends a separate "Ġ" token in front of every id. All ids of one
 contiguous, so the mixed embedding layer of Eq. 2 is just row ranges of one matrix:
 `E_U^L = E[user_start : user_start + n_users]`, `E_I^L = E[item_start : item_start + n_items]`.
 
-Output rows (params.llm.output_rows = "tied"): SmolLM2 ties input and output embeddings, and we
-keep that tie — the output row of a new token *is* its input row (one parameter). Pre-loading thus
-also sets the logit direction of `<iid_j>`, and SFT updates both roles with one gradient. For a
-backbone with untied output embeddings, `preload` copies the same rows into the output layer, so
-the convention "output row = input row at initialisation" holds for every backbone.
+Output rows. A tied backbone (SmolLM2, the small Qwen2s) keeps its tie: the output row of a new
+token *is* its input row (one parameter), so pre-loading also sets the logit direction of
+`<iid_j>`, and SFT updates both roles with one gradient. An untied backbone (Llama-2, Vicuna,
+Qwen2-7B) gets new rows in both matrices (`resize_token_embeddings` resizes both), and `preload`
+writes the same mapped domain directions into the output rows, scaled to the mean norm of the
+output layer's own word rows (the two matrices of such a model differ in scale, and a logit is a
+dot product with an output row): the new tokens' logits start on the scale of the words' logits
+and rank items by the domain geometry. From there the two rows of a token train separately.
+
+A padded vocabulary (Qwen2: more embedding rows than tokenizer tokens) is not special: the new
+tokens take the ids after the tokenizer's last one, the matrices are resized to the tokenizer's
+size, and any spare rows the new tokens land on are re-drawn like fresh rows, so "w/o PE" starts
+every new token alike.
 
 New rows without pre-loading keep transformers' default initialisation of new embeddings
 (`mean_resizing=False`: N(0, initializer_range²) from the model's own `_init_weights`) — the
@@ -66,13 +74,15 @@ class TokenMap:
 
 
 def extend_tokens(model, tokenizer, n_users: int, n_items: int) -> TokenMap:
-    """Add `<uid_k>`/`<iid_j>` as single tokens, resize input (and tied output) embeddings.
+    """Add `<uid_k>`/`<iid_j>` as single tokens, resize the input and output embeddings (one
+    matrix when tied, both when untied).
 
     Idempotent: if the tokenizer already holds the tokens (e.g. a saved ET model), nothing is added
     and the existing map is returned. Adding ~10k tokens takes well under a second.
     """
     from transformers import AddedToken
     first_u = tokenizer.convert_tokens_to_ids(user_token(0))
+    added_now = False
     if first_u is not None and first_u != tokenizer.unk_token_id and n_users > 0:
         tm = TokenMap(n_users, n_items, first_u,
                       tokenizer.convert_tokens_to_ids(item_token(0)), first_u)
@@ -92,9 +102,32 @@ def extend_tokens(model, tokenizer, n_users: int, n_items: int) -> TokenMap:
                              "the tokenizer already holds some <uid_k>/<iid_j> tokens")
         tm = TokenMap(n_users, n_items, vocab_before, vocab_before + n_users, vocab_before)
         _check_contiguous(tokenizer, tm)
-    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        added_now = True
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if added_now and rows > tm.vocab_before:  # new ids landed on spare rows of a padded vocabulary
+        _redraw_rows(model, tm.vocab_before, min(rows, len(tokenizer)))
     return tm
+
+
+def _redraw_rows(model, start: int, end: int) -> None:
+    """Rows [start, end) of the input and (untied) output embeddings drawn as transformers draws
+    new rows (N(0, initializer_range²)): for a padded vocabulary's spare rows that now hold tokens."""
+    std = float(getattr(model.config.get_text_config(), "initializer_range", 0.02))
+    g = torch.Generator().manual_seed(start)
+    with torch.no_grad():
+        for w in _embedding_weights(model):
+            w[start:end] = (torch.randn(end - start, w.shape[1], generator=g) * std).to(w.device, w.dtype)
+
+
+def _embedding_weights(model) -> list:
+    """The input embedding weight, and the output one when it is a separate (untied) matrix."""
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    if out is None or out.weight.data_ptr() == emb.data_ptr():
+        return [emb]
+    return [emb, out.weight]
 
 
 def _check_contiguous(tokenizer, tm: TokenMap) -> None:
@@ -158,8 +191,10 @@ def preload(model, token_map: TokenMap, user_emb, item_emb, proj: nn.Module | No
     Each table is mapped to the LLM's hidden size h (`proj`, identity if d == h, else the seeded
     `random_projection(d, h, seed)`), then multiplied by ONE scale per table so that its mean row
     norm equals the mean norm of the word embeddings. A single scale (not per-row normalisation)
-    keeps the domain model's relative norms and all cosines. Returns {"user_scale", "item_scale",
-    "word_norm", "projection"}.
+    keeps the domain model's relative norms and all cosines. An untied backbone's output rows get
+    the same directions scaled to its output word rows' mean norm. Returns {"user_scale",
+    "item_scale", "word_norm", "projection", "output_rows"} (+ "output_word_norm",
+    "user_output_scale", "item_output_scale" when untied).
     """
     tm = token_map
     emb = model.get_input_embeddings().weight
@@ -171,19 +206,25 @@ def preload(model, token_map: TokenMap, user_emb, item_emb, proj: nn.Module | No
     out = {"word_norm": target,
            "projection": "given" if proj is not None else
            ("identity" if user_emb.shape[1] == h else f"random_orthogonal(seed={seed})")}
-    out_emb = model.get_output_embeddings()
-    untied = out_emb is not None and out_emb.weight.data_ptr() != emb.data_ptr()
+    weights = _embedding_weights(model)
+    out["output_rows"] = "tied" if len(weights) == 1 else "untied"
+    out_target = None
+    if len(weights) == 2:   # untied: the output rows get the same directions at the output scale
+        out_target = float(weights[1][:tm.vocab_before].detach().float().norm(dim=1).mean())
+        out["output_word_norm"] = out_target
     with torch.no_grad():
         for kind, table, start in (("user", user_emb, tm.user_start), ("item", item_emb, tm.item_start)):
             if len(table) == 0:
                 continue
             m = map_domain(table, h, proj, seed)
-            scale = target / float(m.norm(dim=1).mean().clamp_min(1e-12))
-            rows = (m * scale).to(emb.dtype).to(emb.device)
-            emb[start:start + len(table)] = rows
-            if untied and out_emb.weight.shape[0] >= start + len(table):
-                out_emb.weight[start:start + len(table)] = rows.to(out_emb.weight.dtype)
+            norm = float(m.norm(dim=1).mean().clamp_min(1e-12))
+            scale = target / norm
+            emb[start:start + len(table)] = (m * scale).to(emb.dtype).to(emb.device)
             out[f"{kind}_scale"] = scale
+            if out_target is not None:
+                w = weights[1]
+                w[start:start + len(table)] = (m * (out_target / norm)).to(w.dtype).to(w.device)
+                out[f"{kind}_output_scale"] = out_target / norm
     return out
 
 
