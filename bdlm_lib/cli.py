@@ -92,7 +92,7 @@ def cmd_demo(args) -> int:
 
 def cmd_joint(args) -> int:
     """One joint BDLM run (paper Algorithm 1) outside a batch; the entry the DeepSpeed launcher
-    runs on every rank (`deepspeed --num_gpus N -m bdlm_lib.cli joint ...`)."""
+    runs on every rank (`deepspeed --num_gpus N --module bdlm_lib.cli joint ...`)."""
     import torch
     from .joint.run import run_bdlm
     from .params import load_params
@@ -121,6 +121,8 @@ def cmd_refresh(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bdlm", description=__doc__.splitlines()[0])
+    # the DeepSpeed launcher puts --local_rank=N before the command
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("prep", help="prepare datasets and print Table 1")

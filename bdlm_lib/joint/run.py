@@ -200,9 +200,12 @@ def load_inputs(params: Mapping, ds=None, domain_run=None, verbose: bool = True,
     return ds, domain, domain_dir, llm, tok
 
 
-def run_bdlm(params: Mapping, ds=None, domain_run=None, progress: bool = True, run_dir=None):
+def run_bdlm(params: Mapping, ds=None, domain_run=None, progress: bool = True, run_dir=None,
+             stop_after: int | None = None):
     """Train and evaluate one BDLM variant; returns (metrics_llm, metrics_drs, run_dir).
-    An unfinished run folder of the same variant (checkpoint present) is resumed."""
+    An unfinished run folder of the same variant (checkpoint present) is resumed. `stop_after`:
+    stop after that many global steps, as an interruption would (checkpoint written; returns
+    (None, None, run_dir))."""
     from ..data import load_dataset
     t0 = time.perf_counter()
     cfg_path = params["joint"]["deepspeed_config"]
@@ -214,12 +217,13 @@ def run_bdlm(params: Mapping, ds=None, domain_run=None, progress: bool = True, r
                              "setting; the row-mask hooks of 'top'/'lora' are not ZeRO-3 aware)")
         rank, _ = init_distributed()
         factory = engine_factory(params, load_ds_config(cfg_path))
-    if ds is None:
-        ds = load_dataset(params, verbose=rank == 0)
     if cfg_path:
-        if rank == 0:     # a missing domain run is trained once, by rank 0
+        if rank == 0:     # missing data or domain run: prepared once, by rank 0, then read by all
+            ds = ds if ds is not None else load_dataset(params)
             pretrained_domain(params, ds, domain_run)
         torch.distributed.barrier()
+    if ds is None:
+        ds = load_dataset(params, verbose=rank == 0)
     ds, domain, domain_dir, llm, tok = load_inputs(params, ds, domain_run, verbose=rank == 0)
     if run_dir is None:
         name = variant_name(params) + ("-ds" if cfg_path else "")
@@ -232,7 +236,9 @@ def run_bdlm(params: Mapping, ds=None, domain_run=None, progress: bool = True, r
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_joint(params, ds, domain, llm, tok, run_dir=run_dir, progress=progress and rank == 0,
                           engine_factory=factory)
-    trainer.train()
+    trainer.train(stop_after=stop_after)
+    if trainer.step < trainer.n_global:
+        return None, None, run_dir
     return finish_run(trainer, params, ds, run_dir, domain_dir, t0, progress)
 
 

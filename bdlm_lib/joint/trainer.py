@@ -36,27 +36,10 @@ from ..llm.efficiency import autocast, gradient_checkpointing
 from ..llm.sft import setup_trainable
 from ..runs import atomic_dir, read_json, read_safetensors, write_json
 from ..llm.batching import collate
+from .distributed import answer_tokens, gather_item_hidden, shard, sync_replicas, token_weighted
 from .llm_io import JointLLM, item_hidden, gathered, id_rows, id_tables, prompt_ids
 from .sharing import mutual_learning_loss
 
-
-def all_gather_examples(ex):
-    """Concatenate every rank's domain examples (rank order), so every rank runs the same domain
-    step on the global batch and the (small, replicated) domain model stays identical."""
-    import torch.distributed as dist
-    u, i, h, y = ex
-    n = torch.tensor([len(u)])
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    m = int(max(s.item() for s in sizes))
-    flat = torch.zeros(m, 3 + h.shape[1])
-    flat[:len(u), 0], flat[:len(u), 1], flat[:len(u), 2] = torch.as_tensor(u).float(), torch.as_tensor(i).float(), torch.as_tensor(y)
-    flat[:len(u), 3:] = h.cpu()
-    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    parts = [torch.zeros_like(flat).to(dev) for _ in sizes]
-    dist.all_gather(parts, flat.to(dev))
-    allf = torch.cat([p[:int(s.item())].cpu() for p, s in zip(parts, sizes)])
-    return (allf[:, 0].long().numpy(), allf[:, 1].long().numpy(), allf[:, 3:], allf[:, 2].numpy())
 
 CKPT = "checkpoint"
 
@@ -106,9 +89,11 @@ def select_examples(prompts, n_neg: int, rng: np.random.Generator):
     return np.asarray(keep, dtype=np.int64), np.asarray(labels, dtype=np.float32)
 
 
-def domain_examples(prompts, out, n_neg: int, rng: np.random.Generator):
-    """(users, items, h_L, labels) for the domain step from one LLM forward pass (select_examples)."""
-    users, items, h = item_hidden(out, prompts, "candidates")
+def domain_examples(prompts, out, n_neg: int, rng: np.random.Generator, mentions=None):
+    """(users, items, h_L, labels) for the domain step from one LLM forward pass (select_examples);
+    `mentions` = (users, items, h_L) of the prompts' candidate mentions when they come from several
+    ranks (`distributed.gather_item_hidden`), else read from `out`."""
+    users, items, h = item_hidden(out, prompts, "candidates") if mentions is None else mentions
     keep, labels = select_examples(prompts, n_neg, rng)
     return users[keep], items[keep], h[torch.as_tensor(keep, dtype=torch.long)], labels
 
@@ -170,11 +155,12 @@ class JointTrainer:
                               **{k: v for k, v in self.trainable_info.items()}}
 
     # ------------------------------------------------------------------ one step
-    def _llm_forward(self, prompts, train: bool, with_rows: bool = False):
-        """The LLM step's forward pass (through the DeepSpeed engine when there is one)."""
+    def _llm_forward(self, prompts, train: bool, with_rows: bool = False, ids_of=None):
+        """The LLM step's forward pass (through the DeepSpeed engine when there is one); the id
+        rows are those of `ids_of`'s users and items (default: `prompts`')."""
         self.llm.train(train)
         batch = collate(prompts, self.pad, with_answer=True)
-        users, items = prompt_ids(prompts)
+        users, items = prompt_ids(prompts if ids_of is None else ids_of)
         if self.engine is not None and train:   # the engine's own precision (its JSON config)
             out, ru, ri = self.engine(batch, users if with_rows else None, items if with_rows else None)
             return out, users, items, ru, ri
@@ -187,14 +173,18 @@ class JointTrainer:
     def llm_step(self, prompts) -> tuple[dict, object]:
         """(1): L_LLM + λ·L_ML^L, optimiser step, write the LLM's rows into M.
 
-        Data parallel (DeepSpeed, world > 1): each rank runs its shard of the global batch; the
-        rows written into M are those of the whole global batch (identical on every rank after the
-        synchronised step), so M stays replicated."""
-        mine = prompts[self.rank::self.world]
+        Data parallel (DeepSpeed, world > 1): each rank runs its shard of the global batch, its
+        loss weighted by its share of the answer tokens, and L_ML^L over the global batch's ids
+        (module `distributed`: the averaged gradient is one process's); the rows written into M are
+        those of the whole global batch (identical on every rank after the synchronised step), so
+        M stays replicated."""
+        run, mine = shard(prompts, self.rank, self.world)
         use_m = self.tm is not None and self.M is not None
-        out, users, items, ru, ri = self._llm_forward(mine, True, with_rows=use_m)
+        out, users, items, ru, ri = self._llm_forward(run, True, with_rows=use_m, ids_of=prompts)
         loss_llm = out.loss
         rec = {"L_LLM": float(loss_llm.detach()), "L_ML^L": None}
+        if self.world > 1:
+            loss_llm, rec["L_LLM"] = token_weighted(loss_llm, answer_tokens(mine), self.world)
         loss = loss_llm
         if use_m:
             l_ml = mutual_learning_loss(ru, ri, self.M, users, items)
@@ -220,8 +210,10 @@ class JointTrainer:
         """(2): L_D + λ·L_ML^D with h_L from the LLM step's forward pass, then write into M."""
         self.enhanced.train()
         out, mine = out
-        ex = domain_examples(mine, out, self.n_neg, rng)
-        u, i, h, y = all_gather_examples(ex) if self.world > 1 else ex
+        # several ranks: every rank gets the global batch's mentions, in one process's order
+        mentions = gather_item_hidden(item_hidden(out, mine, "candidates")[2], mine, prompts, self.rank,
+                                      self.world) if self.world > 1 else None
+        u, i, h, y = domain_examples(prompts, out, self.n_neg, rng, mentions)
         loss_d = self.enhanced.loss(u, i, h, y)
         rec = {"L_D": float(loss_d.detach()), "L_ML^D": None}
         loss = loss_d
@@ -276,10 +268,12 @@ class JointTrainer:
             r, _ = self.llm_step(prompts)
             rec.update(r, phase="llm")
         else:   # the frozen LLM's h_L: same pass, no gradient, eval mode
-            mine = prompts[self.rank::self.world]
+            run, mine = shard(prompts, self.rank, self.world)
             with torch.no_grad():
-                out = self._llm_forward(mine, False)[0]
-            rec.update({"L_LLM": float(out.loss), "L_ML^L": None, "phase": "domain"})
+                out = self._llm_forward(run, False)[0]
+            loss = token_weighted(out.loss, answer_tokens(mine), self.world)[1] if self.world > 1 \
+                else float(out.loss)
+            rec.update({"L_LLM": loss, "L_ML^L": None, "phase": "domain"})
             rec.update(self.domain_step(prompts, (out, mine), rng))
         rec.update(self.distances())
         return rec
@@ -332,7 +326,10 @@ class JointTrainer:
         """Validation HR@1 of both sides (through `validate_fn`); keeps the best state per side."""
         if self.validate_fn is None:
             return {}
-        rec = {"step": self.step, **self.validate_fn(self)}
+        rec = {"step": self.step}
+        if self.world > 1:   # the replicated domain side: its drift from rank 0's copy, then none
+            rec["replica_max_diff"] = self.sync_replicas()
+        rec.update(self.validate_fn(self))
         self.history["valid"].append(rec)
         for side in ("llm", "drs"):
             key = f"{side}_HR@1"
@@ -344,6 +341,14 @@ class JointTrainer:
         return rec
 
     # ------------------------------------------------------------------ state
+    def sync_replicas(self) -> float:
+        """Several ranks: every rank takes rank 0's domain side (model, P, head) and M; returns the
+        largest difference found (0.0: the replicas had stayed identical)."""
+        tensors = [t for m in (self.enhanced, self.proj) for t in m.parameters()]
+        if self.M is not None:
+            tensors += [self.M.M_U, self.M.M_I]
+        return sync_replicas(tensors)
+
     def llm_state(self) -> dict:
         """Trainable LLM weights on CPU (gathered under ZeRO-3: every rank must call it)."""
         named = [(n, p) for n, p in self.llm.named_parameters() if p.requires_grad]
@@ -405,8 +410,9 @@ class JointTrainer:
         """Plain: everything in `path` (atomic). DeepSpeed: the engine's own checkpoint (LLM +
         partitioned optimiser, all ranks) in `path`_ds, the rest in `path` (rank 0)."""
         state = self.llm_state() if self.engine is None else None
+        tag = f"step-{self.step}"   # trainer.json names it: the two parts always match on resume
         if self.engine is not None:
-            self.engine.save_checkpoint(str(path) + "_ds", tag="latest")
+            self.engine.save_checkpoint(str(path) + "_ds", tag=tag)
         if self.rank != 0:
             return
         with atomic_dir(path) as tmp:
@@ -419,7 +425,13 @@ class JointTrainer:
                 save_file({k: v.cpu().contiguous() for k, v in self.M.state_dict().items()},
                           str(tmp / "sharing.safetensors"))
             torch.save({"dom_opt": self.dom_opt.state_dict()}, tmp / "domain_optim.pt")
-            write_json(tmp / "trainer.json", {"step": self.step, "history": self.history})
+            write_json(tmp / "trainer.json", {"step": self.step, "history": self.history,
+                                              "ds_tag": tag if self.engine is not None else None})
+        if self.engine is not None:   # the engine's older states (rank 0 writes the shared folder)
+            import shutil
+            for old in Path(str(path) + "_ds").glob("step-*"):
+                if old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: Path) -> None:
         state = read_json(path / "trainer.json")
@@ -427,7 +439,7 @@ class JointTrainer:
             raise ValueError(f"{path}: checkpoint of a run with {state['history'].get('total_steps')} "
                              f"steps, this run has {self.total} (different params: use a new run dir)")
         if self.engine is not None:
-            self.engine.load_checkpoint(str(path) + "_ds", tag="latest")
+            self.engine.load_checkpoint(str(path) + "_ds", tag=state.get("ds_tag"))
         else:
             self.load_llm_state(read_safetensors(path / "llm.safetensors"))
             # weights_only: never unpickle arbitrary objects
