@@ -4,6 +4,7 @@
     bdlm batch params/batches/demo_ml1m.yaml     run a batch of notebooks with papermill
     bdlm report [--docs docs/results.md]         assemble the report from stored runs
     bdlm joint --dataset ml1m --preset paper     one joint run (the DeepSpeed launcher's entry)
+    bdlm plan BATCH --backbone CFG --gpus N      per run: GPU memory, fits or not, wall time
     bdlm export --dataset ml1m --preset paper    our splits + candidate sets as RecBole atomic files
     bdlm demo                                    the main job (make demo)
     bdlm refresh-notebooks                       re-execute the committed notebooks on the smoke preset
@@ -107,6 +108,21 @@ def cmd_joint(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """Per run of a batch file: per-GPU memory and wall time with a backbone (bdlm_lib/plan.py);
+    exit 1, with a one-line reason, when a run does not fit."""
+    from .plan import format_plan, plan_batch, verdict
+    plan = plan_batch(args.batch, args.backbone, gpus=args.gpus, gpu_gib=args.gpu_memory, mfu=args.mfu,
+                      costs=args.costs, peak_tflops=args.peak_tflops, overrides=parse_overrides(args.set),
+                      output_dir=args.output_dir)
+    print(format_plan(plan))
+    reason = verdict(plan)
+    if reason:
+        print(f"bdlm plan: cannot run as planned: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_refresh(args) -> int:
     """Re-execute every numbered notebook in place on the smoke preset (what nbval checks)."""
     import papermill as pm
@@ -170,6 +186,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="param overrides, e.g. joint.deepspeed_config=params/deepspeed/zero3.json")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's
     p.set_defaults(fn=cmd_joint)
+
+    p = sub.add_parser("plan", help="per run of a batch: GPU memory and wall time with a backbone")
+    p.add_argument("batch")
+    p.add_argument("--backbone", required=True,
+                   help="a config.json, a model folder, or a published config (params/backbones)")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB", help="per GPU (default 80)")
+    p.add_argument("--mfu", type=float, default=0.40, help="assumed MFU without --costs (default 0.40)")
+    p.add_argument("--costs", metavar="JSON", help="measured step costs (benchmarks/bench_gpu_check.py)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="per GPU (default: H100 SXM bf16)")
+    p.add_argument("--output-dir", help="where the prepared data is (default: the batch's)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="param overrides for every run")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("refresh-notebooks", help="re-execute the notebooks on the smoke preset")
     p.add_argument("--only", nargs="*")

@@ -360,13 +360,16 @@ class JointTrainer:
         code indexes directly) a plain replica holding the gathered current weights."""
         if not any(hasattr(p, "ds_id") for p in self.llm.parameters()):
             return self.llm
-        if getattr(self, "_replica", None) is None:
-            self._replica = type(self.llm)(self.llm.config).to(self.llm.get_input_embeddings().weight.device)
+        if getattr(self, "_replica", None) is None:   # built on its device in the weights' dtype
+            w = self.llm.get_input_embeddings().weight
+            with torch.device(w.device):
+                self._replica = type(self.llm)._from_config(self.llm.config, dtype=w.dtype)
         named = list(self.llm.named_parameters())
         rep = dict(self._replica.named_parameters())
-        with gathered([p for _, p in named]), torch.no_grad():
-            for n, p in named:
-                rep[n].copy_(p.detach().to(rep[n].device, rep[n].dtype))
+        with torch.no_grad():
+            for n, p in named:   # one parameter gathered at a time: never a second full copy
+                with gathered([p]):
+                    rep[n].copy_(p.detach().to(rep[n].device, rep[n].dtype))
         self._replica.eval()
         return self._replica
 
