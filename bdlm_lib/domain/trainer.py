@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
+from ..curves import Curves
 from ..metrics import bucket_edges, evaluate, topk_metrics
 from ..runs import atomic_write_bytes
 from .denormals import denormals_flushed
@@ -218,11 +219,13 @@ def train_domain(model, ds, params, run_dir=None,
     simulate an interruption)."""
     # every epoch reseeds torch's global RNG (dropout); fork it so the caller's state survives.
     # SASRec / BERT4Rec ask for denormals flushed (domain/denormals.py: why)
-    with torch.random.fork_rng(devices=[]), denormals_flushed(getattr(model, "flush_denormal", False)):
-        return _train(model, ds, params, run_dir, callback)
+    # the curves (TensorBoard, x = epoch) go into the run folder, closed however training ends
+    with torch.random.fork_rng(devices=[]), denormals_flushed(getattr(model, "flush_denormal", False)), \
+            Curves(run_dir) as curves:
+        return _train(model, ds, params, run_dir, callback, curves)
 
 
-def _train(model, ds, params, run_dir, callback) -> list[dict]:
+def _train(model, ds, params, run_dir, callback, curves: Curves) -> list[dict]:
     d = params["domain"]
     if not any(p.requires_grad for p in model.parameters()):
         model.eval()                             # nothing to train (popularity): no epochs
@@ -240,6 +243,7 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
     fp = _fingerprint(model, params)
     if ckpt is not None and ckpt.exists():
         best_state, state = load_checkpoint(ckpt, model, optimizer, fp)
+    curves.open(purge_step=state["epoch"] + 2)
 
     epochs = int(d["epochs"])
     min_epochs = int(model_setting(params, model.name, "min_epochs") or 0)
@@ -270,6 +274,8 @@ def _train(model, ds, params, run_dir, callback) -> list[dict]:
                 state["done"] = state["bad_evals"] >= int(d["patience"])
         state["epoch"] = epoch
         state["history"].append(rec)
+        curves.scalars(epoch + 1, {"loss": loss, "seconds": rec["seconds"]})
+        curves.scalars(epoch + 1, {"HR@1": rec["valid_hr1"]}, "valid")
         bar.set_postfix(loss=f"{loss:.4f}", hr1=rec["valid_hr1"])
         if ckpt is not None:
             save_checkpoint(ckpt, model, optimizer, best_state, state, fp)

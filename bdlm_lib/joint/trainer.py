@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from ..curves import Curves
 from ..llm.batching import epoch_schedule
 from ..llm.efficiency import autocast, gradient_checkpointing
 from ..llm.sft import setup_trainable
@@ -150,6 +151,7 @@ class JointTrainer:
         self.eval_every = int(eval_every)
         self.ckpt_every = int(j.get("checkpoint_every") or self.eval_every)
         self.step = 0
+        self.curves = Curves(None)   # train(): the run folder's TensorBoard curves (rank 0)
         self.history: dict = {"steps": [], "valid": [], "best": {}, "total_steps": self.total,
                               "joint": self.joint, "lambda_ml": self.lam, "n_samples": len(self.samples),
                               **{k: v for k, v in self.trainable_info.items()}}
@@ -294,6 +296,8 @@ class JointTrainer:
         from tqdm.auto import tqdm
         if self.run_dir is not None and (self.run_dir / CKPT / "trainer.json").exists():
             self.load_checkpoint(self.run_dir / CKPT)
+        self.curves = Curves(self.run_dir if self.rank == 0 else None)   # x = global step
+        self.curves.open(purge_step=self.step + 1)
         bar = tqdm(total=self.n_global, initial=self.step, desc="joint (BDLM)", disable=not self.progress)
         t0 = time.perf_counter()
         try:
@@ -302,6 +306,7 @@ class JointTrainer:
                 rec = self.run_step(g)
                 rec["seconds"] = round(time.perf_counter() - t0, 2)
                 self.history["steps"].append(rec)
+                self.curves.scalars(rec["step"], {k: v for k, v in rec.items() if k not in ("step", "epoch")})
                 self.step = g + 1
                 bar.update(1)
                 bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("L_LLM", "L_D") if k in rec})
@@ -314,6 +319,7 @@ class JointTrainer:
                     break
         finally:
             bar.close()
+            self.curves.close()
         if self.step >= self.n_global:
             for h in self.hooks:
                 h.remove()
@@ -331,6 +337,7 @@ class JointTrainer:
             rec["replica_max_diff"] = self.sync_replicas()
         rec.update(self.validate_fn(self))
         self.history["valid"].append(rec)
+        self.curves.scalars(self.step, {k: v for k, v in rec.items() if k != "step"}, "valid")
         for side in ("llm", "drs"):
             key = f"{side}_HR@1"
             best = self.history["best"].get(side)

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..curves import Curves
 from .batching import body, collate, epoch_schedule, lm_forward
 from .efficiency import autocast, gradient_checkpointing
 from .lora import add_lora, is_tied, merge_lora
@@ -199,9 +200,11 @@ def sft_train(model, tokenizer, samples: Sequence[Prompt], params: Mapping, run_
     t0 = time.perf_counter()
     log_every = int(sft.get("log_every") or 1)
     bar = tqdm(total=total, initial=start, desc=f"SFT ({info['mode']})", disable=not progress)
-    modes = ExitStack()   # gradient checkpointing while the loop runs
+    modes = ExitStack()   # gradient checkpointing, the run folder's curves (TensorBoard) while the loop runs
     try:
         modes.enter_context(gradient_checkpointing(model, params))
+        curves = modes.enter_context(Curves(run_dir))
+        curves.open(purge_step=start + 1)
         for step in range(start, total):
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
@@ -219,6 +222,7 @@ def sft_train(model, tokenizer, samples: Sequence[Prompt], params: Mapping, run_
                 hist["step"].append(step + 1)
                 hist["loss"].append(step_loss)
                 hist["lr"].append(sched.get_last_lr()[0])
+                curves.scalars(step + 1, {"loss": step_loss, "lr": hist["lr"][-1]})
             bar.set_postfix(loss=f"{step_loss:.4f}")
             bar.update(1)
             if ckpt_dir is not None and ckpt_every and (step + 1) % int(ckpt_every) == 0 and step + 1 < total:
