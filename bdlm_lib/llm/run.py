@@ -19,7 +19,8 @@ from typing import Mapping
 import torch
 
 from ..methods import METHODS
-from ..metrics import evaluate
+from ..full_ranking import not_ranked
+from ..metrics import bucket_edges, evaluate
 from ..store import dataset_root, new_run_dir, write_run
 from .backbone import load_backbone
 from .prompts import PromptBuilder
@@ -146,8 +147,10 @@ def run_llm(params: Mapping, ds, variant: str, domain_embeddings=None, progress:
     bs = int(params["sft"]["eval_batch_size"])
     metrics, preds = evaluate(make_score_fn(model, builder, bs, progress), ds, "test",
                               max_users=params["eval"]["max_users"], return_predictions=True,
-                              topk_users=params["eval"].get("topk_users"))
+                              topk_users=params["eval"].get("topk_users"), buckets=bucket_edges(params))
     t_eval = time.perf_counter() - t2
+    metrics.update(not_ranked(params, "title likelihoods of every item per user (thousands of passes)"
+                              if not builder.et else "the one-pass ranking of every <iid> token is not built"))
     metrics["llm"] = {
         "variant": variant, **v,
         "backbone": params["llm"]["backbone"],
