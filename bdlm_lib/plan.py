@@ -270,8 +270,11 @@ def read_costs(path) -> dict:
     """The GPU check's measured MFUs: {"full": x, "lora": y, "source": ...}."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return {"full": float(data["full_sft"]["mfu"]), "lora": float(data["lora"]["mfu"]),
-                "source": f"measured on {data.get('device', 'a GPU')} ({path})"}
+        rates = {"full": float(data["full_sft"]["mfu"]), "lora": float(data["lora"]["mfu"]),
+                 "source": f"measured on {data.get('device', 'a GPU')} ({path})"}
+        if not (0 < rates["full"] <= 1 and 0 < rates["lora"] <= 1):
+            raise ValueError(f"MFU {rates['full']} / {rates['lora']} is not in (0, 1]")
+        return rates
     except FileNotFoundError:
         raise PlanError(f"{path}: no such costs file (benchmarks/bench_gpu_check.py writes it)") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from bdlm_lib import plan
 
-PAPER = "params/batches/paper_ml1m.yaml"
+PAPER = str(Path(__file__).resolve().parents[1] / "params" / "batches" / "paper_ml1m.yaml")
 
 
 def test_llama_2_7b_counted_as_published():

@@ -3,16 +3,17 @@ wraps the LLM (the paper: full-parameter SFT, ZeRO-3, batch 8 per GPU). `run_bdl
 params.joint.deepspeed_config is set; the launcher runs the CLI's `joint` command:
 
     deepspeed --num_gpus 2 --module bdlm_lib.cli joint --dataset ml1m --preset paper \
-        --set joint.deepspeed_config=params/deepspeed/zero3.json [--set joint.lambda_ml=0.01 ...]
+        --set joint.deepspeed_config=params/deepspeed/zero3.json [joint.lambda_ml=0.01 ...]
 
 Single process without the launcher works too (CPU: DS_ACCELERATOR=cpu is set, gloo, world 1).
 
 The same `JointTrainer` runs; only the LLM step differs: the `JointLLM` module (SFT forward +
 the batch's id rows) is the DeepSpeed engine's module, `engine.backward` / `engine.step` replace
 the optimiser calls, and the optimiser (AdamW from the JSON), the cosine schedule and gradient
-clipping live in the engine. Data parallel: global batch = joint.batch_size (default
-8 x world size); each rank runs its shard through the LLM; the domain step runs, replicated, on
-the all-gathered examples of the global batch, so the small domain model and M stay identical on
+clipping live in the engine. Data parallel: global batch = joint.batch_size (null:
+sft.batch_size) split over the ranks (the paper's 8 per GPU on 2 GPUs: joint.batch_size=16); each
+rank runs its shard through the LLM; the domain step runs, replicated, on
+the gathered examples of the global batch, so the small domain model and M stay identical on
 every rank. The config's micro batch, lr and clipping are set from the params at start.
 
 Several processes compute what one process computes: the LLM loss of a rank's shard is weighted by
