@@ -393,7 +393,8 @@ def _describe_setup(s: Setup) -> str:
 def _options(bb, s: Setup, kind, params, n_ids, seq, usable, gpus, dims) -> list:
     """What would make a training run fit, one line per kind of change, cheapest first: gradient
     checkpointing; more GPUs (the fewest that fit); ZeRO-3 offloading the optimizer, then the
-    parameters too; LoRA (plain, one GPU). Each alone, else with checkpointing."""
+    parameters too; LoRA (plain, one GPU). Each alone, else with checkpointing; a change that keeps
+    full SFT in plain 16-bit PyTorch (module doc: lossy) comes last."""
     from dataclasses import replace
     joint = kind == "joint"
     bs = s.micro_batch * (s.gpus if s.engine != "plain" else 1)
@@ -419,9 +420,9 @@ def _options(bb, s: Setup, kind, params, n_ids, seq, usable, gpus, dims) -> list
                 ck = " + sft.gradient_checkpointing=true" if t.checkpointing and not s.checkpointing \
                     and not what.startswith("sft.gradient") else ""
                 lossy = t.engine == "plain" and t.trainable == "full" and params["llm"]["dtype"] != "float32"
-                out.append((what + ck + (f" (in {params['llm']['dtype']}: see the note)" if lossy else ""), m))
+                out.append((lossy, what + ck + (f" (in {params['llm']['dtype']}: see the note)" if lossy else ""), m))
                 break
-    return out
+    return [(what, m) for _, what, m in sorted(out, key=lambda x: x[0])]   # sound changes first
 
 
 def plan_batch(batch_yaml, backbone: str, gpus: int = 1, gpu_gib: float = 80.0, mfu: float = 0.40,
