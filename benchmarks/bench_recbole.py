@@ -20,7 +20,8 @@ feed-forward width) and our layers, heads and dropout. An SASRec epoch is not th
 both sides: RecBole trains one sample per train position (each a full pass over up to 50 items,
 loss at its last position only), ours one window per user (loss at every position). RecBole's
 batch is therefore set to the targets per step of ours, and the table's notes give the targets
-per epoch of each.
+per epoch of each. An epoch of RecBole's SASRec over full ML-1M is about a million samples of 50
+positions each, slow on a CPU: `--models sasrec --max-users 500` compares it in minutes.
 
 RecBole runs in a virtualenv of its own (`--venv`, created on first use): recbole 1.2.1 needs
 NumPy 1.x and SciPy < 1.11 (it patches np.float, and its LightGCN calls dok_matrix._update), which
@@ -190,7 +191,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64, help="embedding size of both sides")
     ap.add_argument("--epochs", type=int, default=5, help="epochs of both sides (no early stopping)")
     ap.add_argument("--max-users", type=int, default=None, help="a seeded sample of users (quick runs)")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of both sides")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="torch threads of both sides")
     ap.add_argument("--venv", type=Path, default=REPO / ".venv-recbole")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "bdlm-bench-recbole")
     args = ap.parse_args()
@@ -235,13 +237,14 @@ def main() -> None:
                      "ours HR@1 [95% CI]": f"{o:.3f} [{olo:.3f}, {ohi:.3f}]",
                      "RecBole HR@1 [95% CI]": f"{r:.3f} [{rlo:.3f}, {rhi:.3f}]",
                      "ours in RecBole CI": "yes" if rlo <= o <= rhi else ("above" if o > rhi else "below"),
-                     "ours s/epoch": f"{so:.1f}", "RecBole s/epoch": f"{sr:.1f}", "ours/RecBole": f"{so / sr:.2f}"})
+                     "ours s/epoch": f"{so:.1f}", "RecBole s/epoch": f"{sr:.1f}",
+                     "ours/RecBole": f"{so / sr:.2f}"})
         record[name] = {"ours": {"hr1": [o, olo, ohi], "epoch_seconds": ours_sec},
                         "recbole": {"hr1": [r, rlo, rhi], **rb}}
         if name == "sasrec":
-            notes.append(f"sasrec: targets per epoch: ours {sasrec_targets(ds, int(params['domain']['max_seq_len']))} "
-                         f"(one window per user), RecBole {rb['n_train_samples']} (one sample per train "
-                         f"position, batch {rb['batch_size']})")
+            ours_targets = sasrec_targets(ds, int(params["domain"]["max_seq_len"]))
+            notes.append(f"sasrec: targets per epoch: ours {ours_targets} (one window per user), RecBole "
+                         f"{rb['n_train_samples']} (one sample per train position, batch {rb['batch_size']})")
         print(f"  {name} done", flush=True)
     # every epoch's time of both sides, beside the table
     (work / "results.json").write_text(json.dumps(record, indent=1))
