@@ -191,9 +191,12 @@ def test_ctrl_c_marks_the_run_interrupted_and_says_one_line(tmp_path):
     book.cells[-1].source = SLOW_CELL
     nbformat.write(book, str(nb))
     out = tmp_path / "out"
+    # SIGINT as a terminal leaves it: a test suite started in the background (CI under nohup, `&`)
+    # inherits SIGINT ignored, and the batch would then never see the Ctrl-C this test sends
     p = subprocess.Popen([sys.executable, "-m", "bdlm_lib.cli", "batch", str(write_batch(tmp_path)),
                           "--output-dir", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = out / "ml1m" / "t" / "lightgcn-s1"
     deadline = time.time() + 120
     while not (run / "started").exists() and time.time() < deadline:
