@@ -30,9 +30,10 @@ def density(setting: str) -> float:
 
 
 def sparsity_summary(runs: pd.DataFrame, lambda_ml: float, n_boot: int, alpha: float):
-    """(summary with a `setting` column, {(dataset, setting, label): {seed: per-user table}})."""
+    """(summary with `setting` and `density` columns, {(dataset, setting, label): {seed: per-user
+    table}}, the chosen runs with their `setting`)."""
     runs = runs[runs["batch"].astype(str).str.startswith("sparsity")]
-    parts, tables = [], {}
+    parts, tables, chosen_all = [], {}, []
     for setting, g in runs.groupby("setting", sort=False):
         chosen = choose_runs(g, lambda_ml)
         if chosen.empty:
@@ -40,12 +41,12 @@ def sparsity_summary(runs: pd.DataFrame, lambda_ml: float, n_boot: int, alpha: f
         s, t = summarise(chosen, n_boot, alpha)
         parts.append(s.assign(setting=setting, density=density(setting)))
         tables.update({(ds, setting, label): v for (ds, label), v in t.items()})
-        for (ds, label), grp in chosen.groupby(["dataset", "label"]):
-            tables.setdefault(("runs", ds, setting, label), grp)
+        chosen_all.append(chosen.assign(setting=setting))
     if not parts:
-        return pd.DataFrame(), tables
+        return pd.DataFrame(), tables, pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
-    return out.sort_values(["dataset", "density"], ascending=[True, False], kind="stable"), tables
+    return (out.sort_values(["dataset", "density"], ascending=[True, False], kind="stable"), tables,
+            pd.concat(chosen_all, ignore_index=True))
 
 
 def sparsity_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -91,12 +92,11 @@ def _bucketed(run_dir: str, side: str, threshold) -> pd.DataFrame | None:
     return per_user(p, float(threshold)).join(labels)
 
 
-def bucket_table(tables: dict, n_boot: int, alpha: float, breakdown: str = "item_popularity") -> pd.DataFrame:
-    """Per (dataset, setting, bucket): each method's HR@1 [CI] and n, and the paired tests of
-    BDLM-drs / BDLM-llm against LightGCN on that bucket's users."""
-    runs = {k[1:]: v for k, v in tables.items() if k[0] == "runs"}
+def bucket_table(chosen: pd.DataFrame, n_boot: int, alpha: float, breakdown: str = "item_popularity") -> pd.DataFrame:
+    """Per (dataset, setting, bucket) of the chosen runs (`sparsity_summary`): each method's HR@1
+    [CI] and n, and the paired tests of BDLM-drs / BDLM-llm against LightGCN on that bucket's users."""
     per: dict = {}
-    for (ds, setting, label), grp in runs.items():
+    for (ds, setting, label), grp in (chosen.groupby(["dataset", "setting", "label"]) if len(chosen) else ()):
         frames = {row["seed"]: _bucketed(row["run_dir"], row["side"], row["threshold"]) for _, row in grp.iterrows()}
         if all(f is not None for f in frames.values()):
             per[(ds, setting, label)] = frames

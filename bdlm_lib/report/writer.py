@@ -56,10 +56,10 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     auc = full_chosen.groupby(["dataset", "label"])["AUC"].mean().to_dict() if len(full_chosen) else {}
     vs_paper = paper_comparison(full_summary, auc) if len(full_summary) else pd.DataFrame()
     # the sparsity study (batches named sparsity*)
-    sp_summary, sp_tables = sparsity_summary(runs, lam, n_boot, alpha)
+    sp_summary, sp_tables, sp_chosen = sparsity_summary(runs, lam, n_boot, alpha)
     sp_table = sparsity_table(sp_summary)
     sp_tests = sparsity_tests(sp_summary, sp_tables, n_boot, alpha) if len(sp_summary) else pd.DataFrame()
-    sp_buckets = {b: bucket_table(sp_tables, n_boot, alpha, b) for b in BREAKDOWNS}
+    sp_buckets = {b: bucket_table(sp_chosen, n_boot, alpha, b) for b in BREAKDOWNS}
     figs = {"fig5_ablations.png": figure5(summary) if len(summary) else None,
             "fig6_lambda.png": figure6(runs, n_boot, alpha, preset),
             "sparsity.png": sparsity_figure(sp_summary)}
