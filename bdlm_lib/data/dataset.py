@@ -58,11 +58,11 @@ def dataset_dir(params: Mapping) -> Path:
 
 def recipe(params: Mapping) -> dict:
     """The params that determine the prepared data (a change invalidates the cache)."""
+    sparse = sparsity_settings(params["data"])
     return {"dataset": str(params["dataset"]), "seed": params["seed"],
             "data": {k: params["data"].get(k) for k in ("format", "kcore", "top_items", "sample_users",
                                                           "title_extras")},
-            "testset": dict(params["testset"])} | (
-        {"sparsity": sparsity_settings(params["data"])} if sparsity_settings(params["data"]) else {})
+            "testset": dict(params["testset"])} | ({"sparsity": sparse} if sparse else {})
 
 
 def _input_files(folder: Path) -> list[Path]:
