@@ -14,6 +14,11 @@ single relevant item (tests/test_full_ranking.py checks NDCG against scikit-lear
 chance-level metrics, as in the candidate sets.
 
 A scorer is `score_users(users [B]) -> scores [B, n_items]` (higher = better).
+
+Two-stage ranking (BDLM-drs): a first stage ranks the catalogue and keeps each user's top N
+(`full_ranks(..., top_n=N)`); a second stage scores only those N and re-orders them
+(`rerank_ranks`). Items beyond the first N keep their first-stage rank, so Recall@N is the first
+stage's and the re-ranking moves NDCG@K and Recall@K for K < N.
 """
 from __future__ import annotations
 
@@ -35,8 +40,10 @@ def seen_items(ds, split: str) -> pd.DataFrame:
 
 
 def full_ranks(score_users: ScoreUsers, ds, split: str, users: np.ndarray, seed: int = 0,
-               chunk: int = 256, progress: bool = False) -> pd.Series:
-    """0-based rank of each user's held-out item among the items it has not touched (index user)."""
+               chunk: int = 256, progress: bool = False, top_n: int = 0):
+    """0-based rank of each user's held-out item among the items it has not touched (index user).
+    With `top_n` > 0, also the [len(users), top_n] array of each user's first top_n ranked items
+    (best first, ties in the same seeded order): returns (ranks, top)."""
     from tqdm.auto import tqdm
 
     users = np.asarray(users, dtype=np.int64)
@@ -45,6 +52,7 @@ def full_ranks(score_users: ScoreUsers, ds, split: str, users: np.ndarray, seed:
     seen = seen[seen["user"].isin(users)]
     order = np.random.default_rng(np.random.SeedSequence([int(seed), 13])).permutation(ds.n_items)
     ranks = np.empty(len(users), dtype=np.int64)
+    top = np.empty((len(users), int(top_n)), dtype=np.int64)
     row_of = pd.Series(np.arange(len(users)), index=users)
     for s in tqdm(range(0, len(users), chunk), disable=not progress, desc="full ranking", leave=False):
         u, pos = users[s:s + chunk], held[s:s + chunk]
@@ -59,7 +67,31 @@ def full_ranks(score_users: ScoreUsers, ds, split: str, users: np.ndarray, seed:
         sp = scores[np.arange(len(u)), pos][:, None]
         ahead = (scores > sp) | ((scores == sp) & (order[None, :] < order[pos][:, None]))
         ranks[s:s + chunk] = ahead.sum(1)
-    return pd.Series(ranks, index=pd.Index(users, name="user"))
+        if top_n:   # sort by score (descending), then by the seeded order: the same ties as `ahead`
+            key = np.lexsort((np.broadcast_to(order, scores.shape), -scores), axis=-1)
+            top[s:s + chunk] = key[:, :top_n]
+    ranks = pd.Series(ranks, index=pd.Index(users, name="user"))
+    return (ranks, top) if top_n else ranks
+
+
+def rerank_ranks(first_ranks: np.ndarray, top: np.ndarray, held: np.ndarray,
+                 rerank_scores: np.ndarray) -> np.ndarray:
+    """Ranks after a second stage re-orders each user's first-stage top N (`top` [U, N], with
+    `rerank_scores` [U, N] aligned to it): a held-out item inside the top N takes its place in the
+    new order (ties keep the first-stage order); one outside keeps its first-stage rank (>= N)."""
+    first_ranks = np.asarray(first_ranks, dtype=np.int64)
+    top, sc = np.asarray(top), np.asarray(rerank_scores, dtype=np.float64)
+    if top.shape != sc.shape:
+        raise ValueError(f"rerank: {sc.shape} scores for a top-N of {top.shape}")
+    hit = top == np.asarray(held)[:, None]
+    inside = hit.any(1)
+    if not np.array_equal(inside, first_ranks < top.shape[1]):
+        raise ValueError("rerank: the top-N lists do not agree with the first-stage ranks")
+    col = hit.argmax(1)
+    sp = sc[np.arange(len(sc)), col][:, None]
+    idx = np.arange(top.shape[1])[None, :]
+    ahead = ((sc > sp) | ((sc == sp) & (idx < col[:, None]))).sum(1)
+    return np.where(inside, ahead, first_ranks)
 
 
 def full_metrics(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict:

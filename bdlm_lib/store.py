@@ -38,6 +38,7 @@ NOT_IDENTITY = ("output_dir", "data_dir", "llm.model_cache", "domain.progress")
 LATER_KEYS = {"data.train_keep": 1.0, "data.train_keep_order": "recent", "data.cold_items": 0.0,
               "eval.mode": "candidates", "eval.item_buckets": [0, 1, 5, 20],
               "eval.user_buckets": [0, 5, 10, 20, 50], "eval.full_ks": [10, 20],
+              "eval.full_rerank_n": 20, "eval.full_first_stage": "domain",
               "llm.attn_implementation": "sdpa", "sft.lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
               "sft.gradient_checkpointing": False, "sft.bf16_autocast": True}
 

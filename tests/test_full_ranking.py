@@ -11,7 +11,7 @@ from sklearn.metrics import ndcg_score
 
 from bdlm_lib.data import load_dataset
 from bdlm_lib.domain import run_domain
-from bdlm_lib.full_ranking import full_metrics, full_ranks
+from bdlm_lib.full_ranking import full_metrics, full_ranks, rerank_ranks
 from bdlm_lib.params import load_params
 
 
@@ -38,6 +38,21 @@ def test_full_ranks_skip_touched_items_and_match_a_hand_count():
     # the valid split ranks user 1's valid item 3 among {0, 1, 3, 4, 5}: the test item 4 is in
     # its future, so it is ranked too; items 1, 4 and 5 score above item 3
     assert full_ranks(lambda u: scores[u], ds, "valid", np.array([1])).tolist() == [3]
+
+
+def test_top_n_and_a_second_stage_rerank_match_a_hand_count():
+    ds = toy()
+    scores = np.array([[9, 8, 7, 1, 2, 3], [0, 5, 9, 1, 6, 2], [1, 7, 8, 9, 9, 9]], dtype=float)
+    ranks, top = full_ranks(lambda u: scores[u], ds, "test", np.array([0, 1, 2]), top_n=2)
+    assert ranks.tolist() == [0, 0, 2]
+    assert top.tolist() == [[5, 4], [4, 1], [2, 1]]       # best first, touched items never listed
+    held = ds.test["item"].to_numpy()
+    # user 0: the second stage puts item 4 above the held-out 5 -> rank 1; user 1: a tie keeps the
+    # first-stage order -> rank 0; user 2: its item is outside the top 2 and keeps rank 2
+    second = np.array([[0.1, 0.9], [0.5, 0.5], [3.0, 1.0]])
+    assert rerank_ranks(ranks.to_numpy(), top, held, second).tolist() == [1, 0, 2]
+    with pytest.raises(ValueError, match="do not agree"):
+        rerank_ranks(np.array([5, 0, 2]), top, held, second)
 
 
 def test_ndcg_equals_scikit_learn_for_one_relevant_item():

@@ -318,6 +318,41 @@ def test_run_bdlm_writes_both_sides_and_artefacts(params):
         assert table.loc["BDLM-llm", "HR@1 vs best baseline"] == f"{100 * (m_llm['topk']['HR@1'] / best - 1):+.1f}%"
 
 
+def test_full_mode_ranks_the_catalogue_on_both_sides(params):
+    # BDLM-llm reads every <iid> logit of the candidate-free prompt; BDLM-drs re-ranks its domain
+    # model's top 5: at and beyond N its Recall is the first stage's, below N it may differ
+    p = params(joint__max_steps=2, eval__max_users=12, eval__topk_users=16, eval__mode="full",
+               eval__full_rerank_n=5, eval__full_ks=[1, 5, 10])
+    m_llm, m_drs, run_dir = run_bdlm(p, progress=False)
+    for m in (m_llm, m_drs):
+        f = m["full"]
+        assert f["n_users"] == 16 and f["n_items"] == 43
+        assert 0 <= f["Recall@1"] <= f["Recall@5"] <= f["Recall@10"] <= 1 and f["NDCG@10"] <= f["Recall@10"]
+    first = m_drs["full"]["first_stage"]
+    assert first["model"] == "domain" and m_drs["full"]["rerank_n"] == 5
+    assert m_drs["full"]["Recall@5"] == first["Recall@5"] and m_drs["full"]["Recall@10"] == first["Recall@10"]
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["llm"]["full"] == m_llm["full"] and saved["full"] == m_drs["full"]
+
+
+def test_all_item_scorer_is_the_candidate_logits_of_the_open_prompt(params):
+    from bdlm_lib.llm.batching import pad_id
+    from bdlm_lib.llm.scoring import all_item_scorer, answer_hidden, restricted_logits
+    tr, ds = make_trainer(params())
+    model, b = tr.eval_model(), tr.builder
+    users = np.array([0, 5, 9, 3])            # histories of different lengths: padded batches
+    full = all_item_scorer(model, b, batch_size=3)(users)
+    assert full.shape == (4, ds.n_items)
+    one = all_item_scorer(model, b, batch_size=1)(users)
+    np.testing.assert_allclose(full, one, rtol=1e-4, atol=1e-5)
+    prompts = [b.open_topk(int(u)) for u in users]
+    assert all("Candidates" not in p.text and p.candidates is None for p in prompts)
+    h = answer_hidden(model, prompts[:1], pad_id(b.tok))
+    items = np.array([0, 7, 42])
+    ref = restricted_logits(model, h, torch.as_tensor(b.tm.item_id(items))[None]).detach().numpy()[0]
+    np.testing.assert_allclose(full[0, items], ref, rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- GPT4SM
 
 def test_gpt4sm_baseline_runs_with_frozen_text_embeddings(params):

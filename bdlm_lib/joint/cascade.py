@@ -145,3 +145,20 @@ def make_shared_score_fns(llm, builder, enhanced, batch_size: int = 8, progress:
             return both(frame)[k]
         return fn
     return side(0), side(1)
+
+
+@torch.no_grad()
+def cascade_rerank_scores(llm, builder, enhanced, users, top: np.ndarray, seed: int = 0,
+                          batch_size: int = 8, progress: bool = False) -> np.ndarray:
+    """BDLM-drs scores [U, N] of each user's first-stage top N (`top` [U, N], scores aligned with
+    it): one top-K prompt per user with those N items as its candidates, shown in a seeded random
+    order (as in SFT and the test sets, so the first stage's order is not given away), scored by
+    the cascade."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 17]))
+    perms = [rng.permutation(top.shape[1]) for _ in range(len(top))]
+    prompts = [builder.topk(int(u), top[k][perms[k]]) for k, u in enumerate(users)]
+    drs, _ = cascade_topk_prompts(llm, builder, enhanced, prompts, batch_size, progress)
+    out = np.empty(top.shape, dtype=np.float64)
+    for k, p in enumerate(perms):
+        out[k, p] = drs[k]
+    return out

@@ -20,8 +20,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from ..full_ranking import not_ranked
 from ..metrics import bucket_edges, evaluate, topk_metrics
+from .full_ranking import full_drs, full_llm
 from ..store import dataset_root, write_run
 from ..methods import joint_method
 from .cascade import cascade_topk_prompts, make_cascade_score_fn, make_shared_score_fns
@@ -271,19 +271,21 @@ def finish_run(trainer: JointTrainer, params: Mapping, ds, run_dir: Path, domain
         fn_drs = None
     m_llm, p_llm = evaluate(fn_llm, ds, "test", mu, ks, return_predictions=True, topk_users=tu,
                             buckets=bucket_edges(params))
+    m_llm.update(full_llm(trainer.eval_model(), trainer.builder, ds, params, bs, show))
     if fn_drs is None:
         trainer.load_side(run_dir / "best_drs", "drs")
         fn_drs = make_cascade_score_fn(trainer.eval_model(), trainer.builder, trainer.enhanced, bs, show)
     m_drs, p_drs = evaluate(fn_drs, ds, "test", mu, ks, return_predictions=True, topk_users=tu,
                             buckets=bucket_edges(params))
+    m_drs.update(full_drs(trainer.eval_model(), trainer.builder, trainer.enhanced, ds, params, bs, show))
     info = {"method": joint_method(params), "variant": variant_name(params), "dataset": str(params["dataset"]),
             "preset": params.get("preset"), "domain_model": params["domain"]["model"],
             "domain_run": str(domain_dir), "best": history["best"], "steps": trainer.n_global,
             "deepspeed": trainer.engine is not None, "world_size": trainer.world,
             "train_seconds": round(train_seconds, 2),
             "wall_seconds": round(time.perf_counter() - t0, 2)}
-    m_llm = {**m_llm, **info, "side": "llm", **not_ranked(params, "the one-pass ranking of every <iid> token is not built")}
-    m_drs = {**m_drs, **info, "side": "drs", **not_ranked(params, "the cascade over the whole catalogue is not built")}
+    m_llm = {**m_llm, **info, "side": "llm"}
+    m_drs = {**m_drs, **info, "side": "drs"}
     if trainer.rank == 0:
         import matplotlib.pyplot as plt
         plt.close(plot_joint_history(history, run_dir / "training.png", title=f"BDLM {variant_name(params)}"))

@@ -14,6 +14,10 @@ Texts (noun and verbs from ds.noun; "<uid>/<iid>" only with ET, titles cut to ll
   top-K:  User <uid_1> has watched the following movies: ... Predict which 1 movie in the candidate
           set he/she will watch most probably? Candidates: <iid_1184> (Mediterraneo), ...
           Answer with the id of one candidate.                                     -> "<iid_48>"
+  open:   User <uid_1> has watched the following movies: ... Predict which 1 movie he/she will
+          watch next. Answer with the id of one movie.                             -> "<iid_48>"
+          (ET only; not in the paper: the full-catalogue ranking reads every <iid> logit at its
+          answer position, with no candidate set to copy from)
   Without ET: "The user has watched ...: "A Close Shave", "Aladdin", ..." and the answer is the
   candidate's (cut) title. The trailing answer hints are not in the paper: they make the zero-shot
   instruct model (LLM-Rec) answer in the expected form.
@@ -38,7 +42,7 @@ SYSTEM = "You are a recommender system."
 
 @dataclass
 class Prompt:
-    task: str                       # "topk" | "binary"
+    task: str                       # "topk" | "binary" | "open" (top-K without candidates)
     user: int
     input_ids: list[int]            # the prompt (ends right before the answer)
     answer_ids: list[int]           # the answer tokens + end-of-turn token
@@ -151,6 +155,9 @@ class PromptBuilder:
             parts.append(f". Predict if he/she will {self.verb} ")
             self._mention(item, parts, spans, "target")
             parts.append(" next. Answer Yes or No.")
+        elif task == "open":
+            parts.append(f". Predict which 1 {self.one} he/she will {self.verb} next. "
+                         f"Answer with the id of one {self.one}.")
         else:
             parts.append(f". Predict which 1 {self.one} in the candidate set he/she will "
                          f"{self.verb} most probably? Candidates: ")
@@ -216,6 +223,14 @@ class PromptBuilder:
         text, ids, items, pos, roles, upos = self._build("topk", user, hist, cands=cands)
         ans = self._answer(self.answer_text(target)) if target >= 0 else []
         return Prompt("topk", int(user), ids, ans, items, pos, roles, upos, cands, int(target), -1, text)
+
+    def open_topk(self, user: int, history=None) -> Prompt:
+        """The top-K question without a candidate set (ET only): for full-catalogue ranking."""
+        if not self.et:
+            raise ValueError("open_topk: needs ET (the answer is one <iid> token)")
+        hist = self.history(user) if history is None else history
+        text, ids, items, pos, roles, upos = self._build("open", user, hist)
+        return Prompt("open", int(user), ids, [], items, pos, roles, upos, None, -1, -1, text)
 
     def binary(self, user: int, item: int, label: int = -1, history=None) -> Prompt:
         hist = self.history(user) if history is None else history

@@ -6,6 +6,8 @@
 - top-K without ET: a candidate's score is the log-likelihood of its (cut) title + end-of-turn as
   the answer (sum, or mean per token with llm.title_score = mean). The prompt runs once with a KV
   cache, the cache is repeated 20 times and the 20 title continuations run as one batch over it.
+- full catalogue with ET (`all_item_scorer`): the logits of EVERY `<iid_j>` row at the answer
+  position of each user's candidate-free prompt (`PromptBuilder.open_topk`), one pass per batch.
 - binary: P(Yes) / (P(Yes) + P(No)) at the answer position. One user's binary prompts (the same
   history, a different item asked about) share their prefix: it runs once with a KV cache and
   the short suffixes run as one batch over it (`shared_prefix_hidden`).
@@ -125,6 +127,36 @@ def sequence_loglik(model, prefix_ids, continuation, mean: bool = False) -> floa
     lp = torch.log_softmax(logits[:-1], dim=-1)
     v = lp.gather(1, torch.tensor(list(continuation), device=dev).unsqueeze(1)).sum()
     return float(v / len(continuation)) if mean else float(v)
+
+
+def all_item_scorer(model, builder: PromptBuilder, batch_size: int = 8):
+    """`score_users(users) -> [B, n_items]` for `bdlm_lib.full_ranking`: each user's open prompt
+    (no candidates) runs once and every `<iid_j>` row of the output layer is read at its answer
+    position (ET only)."""
+    if not builder.et:
+        raise ValueError("all_item_scorer: needs ET (without it an item is a title, not one token)")
+    pad = pad_id(builder.tok)
+    head = model.get_output_embeddings()
+    rows = torch.as_tensor(builder.tm.item_ids)
+
+    @torch.no_grad()
+    def score(users: np.ndarray) -> np.ndarray:
+        was = model.training
+        model.eval()
+        try:
+            prompts = [builder.open_topk(int(u)) for u in users]
+            out = np.empty((len(users), len(rows)))
+            for idx in length_batches(prompts, batch_size):
+                h = answer_hidden(model, [prompts[i] for i in idx], pad)
+                w = head.weight[rows.to(h.device)].float()
+                sc = h @ w.T
+                if getattr(head, "bias", None) is not None:
+                    sc = sc + head.bias[rows.to(h.device)].float()
+                out[idx] = sc.double().cpu().numpy()
+            return out
+        finally:
+            model.train(was)
+    return score
 
 
 def score_topk(model, builder: PromptBuilder, frame: pd.DataFrame, batch_size: int = 8,
