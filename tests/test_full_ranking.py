@@ -83,3 +83,19 @@ def test_domain_run_in_full_mode_writes_recall_and_ndcg(tmp_path):
     full = metrics["full"]
     assert full["n_items"] == ds.n_items and full["n_users"] == metrics["topk"]["n_users"]
     assert 0 <= full["NDCG@10"] <= full["Recall@10"] <= full["Recall@20"] <= 1
+    # the report's full-ranking table reads it back from the stored run, with a Wilson interval
+    from bdlm_lib.report import collect_runs
+    from bdlm_lib.report.full_catalogue import full_ranking_table, wilson
+    table = full_ranking_table(collect_runs(tmp_path))
+    row = table.iloc[0]
+    assert len(table) == 1 and row["method"] == "GMF" and row["users"] == full["n_users"]
+    lo, hi = wilson(full["Recall@10"], full["n_users"])
+    assert row["Recall@10"] == f"{full['Recall@10']:.3f} [{lo:.3f}, {hi:.3f}]" and row["NDCG@20"] == f"{full['NDCG@20']:.3f}"
+
+
+def test_wilson_interval_matches_the_textbook_case():
+    from bdlm_lib.report.full_catalogue import wilson
+    lo, hi = wilson(0.5, 100)                 # 0.5 +- 1.96 * 0.5 / sqrt(100 + 1.96^2) around 0.5
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    lo, hi = wilson(0.0, 20)                  # never below 0, upper end z^2 / (n + z^2)
+    assert lo == 0.0 and hi == pytest.approx(1.96 ** 2 / (20 + 1.96 ** 2), abs=1e-3)

@@ -99,11 +99,12 @@ def collect_runs(output_dir: str | Path) -> pd.DataFrame:
                          "preset": info.get("preset"), "setting": info.get("setting", "default"),
                          "full_data": bool(info.get("full_data")), "HR@1": tk.get("HR@1"), "HR@2": tk.get("HR@2"),
                          "precision": bn.get("precision"), "recall": bn.get("recall"), "F1": bn.get("f1"),
-                         "threshold": bn.get("threshold"), "AUC": bn.get("auc"), "run_dir": str(run_dir),
+                         "threshold": bn.get("threshold"), "AUC": bn.get("auc"), "full": m.get("full"),
+                         "run_dir": str(run_dir),
                          "mtime": mfile.stat().st_mtime})
     return pd.DataFrame(rows, columns=["dataset", "batch", "run_id", "method", "side", "label", "lambda_ml",
                                        "seed", "preset", "setting", "full_data", *METRICS, "threshold", "AUC",
-                                       "run_dir", "mtime"])
+                                       "full", "run_dir", "mtime"])
 
 
 def load_predictions(run_dir: str | Path, side: str = "main") -> pd.DataFrame | None:
