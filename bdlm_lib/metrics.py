@@ -20,6 +20,8 @@ import pandas as pd
 from sklearn.metrics import (f1_score, precision_recall_curve, precision_score, recall_score,
                              roc_auc_score)
 
+from .store import LATER_KEYS
+
 ScoreFn = Callable[[pd.DataFrame], np.ndarray]
 
 
@@ -70,7 +72,9 @@ def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 2, 5, 10)) -> dict:
 
 # --- breakdowns -----------------------------------------------------------------------------
 
-DEFAULT_BUCKETS = {"item_popularity": (0, 1, 5, 20), "user_history": (0, 5, 10, 20, 50)}
+# the schema's defaults (params/base.yaml), as stored runs made before these keys existed read them
+DEFAULT_BUCKETS = {"item_popularity": tuple(LATER_KEYS["eval.item_buckets"]),
+                   "user_history": tuple(LATER_KEYS["eval.user_buckets"])}
 
 
 def bucket_edges(params: Mapping | None) -> dict:

@@ -104,3 +104,13 @@ def test_save_params_round_trip(tmp_path):
     assert back == p.to_dict()
     assert load_params(back["dataset"], back["preset"], {k: v for k, v in back.items()
                                                          if k not in ("dataset", "preset")}) == p
+
+
+def test_keys_added_after_runs_were_stored_default_to_their_neutral_values():
+    # store.LATER_KEYS gives a stored run, made before a key existed, the value that key has by
+    # default: if base.yaml's default moved away from it, old runs would change identity silently
+    from bdlm_lib.store import LATER_KEYS
+    base = yaml.safe_load((PARAMS / "base.yaml").read_text())
+    for key, value in LATER_KEYS.items():
+        section, name = key.split(".")
+        assert base[section][name] == value, key
