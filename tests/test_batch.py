@@ -241,6 +241,9 @@ def test_repo_batch_files_expand(name, tmp_path):
         runs = [r for r in batch.runs if r.scope == "run"]
         assert {r.params["preset"] for r in runs} == {"paper"}
         assert all(r.params["eval"]["max_users"] is None and r.params["data"]["sample_users"] is None for r in runs)
+        # LightGCN at the LLM's hidden size (the row compared with the paper), the rest at d = 64
+        assert {r.method: r.params["domain"]["dim"] for r in runs if r.method in ("lightgcn", "sasrec")} == \
+            {"lightgcn": 576, "sasrec": 64}
     elif name.startswith("cpu_sparsity_"):  # one setting of the sparsity study; the same runs at every setting
         assert {r.method for r in batch.runs if r.scope == "run"} == {"lightgcn", "lightgcn_ft", "bdlm", "instructrec"}
         assert spec["name"].startswith("sparsity")            # the report's sparsity section reads these
