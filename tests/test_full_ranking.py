@@ -79,7 +79,7 @@ def test_domain_run_in_full_mode_writes_recall_and_ndcg(tmp_path):
     p = load_params("ml1m", "smoke", overrides={"output_dir": str(tmp_path), "domain.progress": False,
                                                 "domain.model": "mf", "domain.epochs": 1, "eval.mode": "full"})
     ds = load_dataset(p, verbose=False)
-    _, metrics, _ = run_domain(p, ds)
+    _, metrics, run_dir = run_domain(p, ds)
     full = metrics["full"]
     assert full["n_items"] == ds.n_items and full["n_users"] == metrics["topk"]["n_users"]
     assert 0 <= full["NDCG@10"] <= full["Recall@10"] <= full["Recall@20"] <= 1
@@ -99,3 +99,16 @@ def test_wilson_interval_matches_the_textbook_case():
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
     lo, hi = wilson(0.0, 20)                  # never below 0, upper end z^2 / (n + z^2)
     assert lo == 0.0 and hi == pytest.approx(1.96 ** 2 / (20 + 1.96 ** 2), abs=1e-3)
+
+
+def test_hr1_against_each_kind_of_negative(tmp_path):
+    # a hit against all 19 negatives is a hit against each half: HR@1 <= min(pop-only, sim-only),
+    # and with untied scores the "all" figure is the run's own HR@1
+    from bdlm_lib.report.negatives import run_negative_kinds
+    p = load_params("ml1m", "smoke", overrides={"output_dir": str(tmp_path), "domain.progress": False,
+                                                "domain.model": "mf", "domain.epochs": 2})
+    _, metrics, run_dir = run_domain(p, load_dataset(p, verbose=False))
+    k = run_negative_kinds(run_dir, tmp_path)
+    assert k["all"] == pytest.approx(metrics["topk"]["HR@1"])
+    assert k["all"] <= min(k["pop"], k["sim"]) and max(k["pop"], k["sim"]) <= 1
+    assert k["pop"] != k["sim"]

@@ -30,8 +30,15 @@ def _ci(row: pd.Series, m: str) -> str:
     return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and not pd.isna(lo) else "")
 
 
-def paper_comparison(summary: pd.DataFrame, auc: dict | None = None) -> pd.DataFrame:
-    """One row per (dataset, method) of `summary` (full-data domain runs): paper vs ours."""
+def _kind(kinds: dict | None, ds: str, label: str, kind: str) -> str:
+    k = (kinds or {}).get((ds, label))
+    return "–" if not k or pd.isna(k.get(kind)) else f"{k[kind]:.3f}"
+
+
+def paper_comparison(summary: pd.DataFrame, auc: dict | None = None, kinds: dict | None = None) -> pd.DataFrame:
+    """One row per (dataset, method) of `summary` (full-data domain runs): paper vs ours; `kinds`
+    {(dataset, label): report.negatives.hr1_by_negative_kind} adds HR@1 against each half of the
+    negatives."""
     rows = []
     for ds in dict.fromkeys(summary["dataset"]):
         s = summary[summary["dataset"] == ds].set_index("label")
@@ -46,5 +53,7 @@ def paper_comparison(summary: pd.DataFrame, auc: dict | None = None) -> pd.DataF
                          "paper HR@2": "–" if ref is None else f"{ref[1]:.3f}", "ours HR@2": _ci(r, "HR@2"),
                          "paper F1": "–" if ref is None else f"{ref[2]:.3f}", "ours F1": _ci(r, "F1"),
                          "ours AUC": "–" if not auc or pd.isna(auc.get((ds, label))) else f"{auc[(ds, label)]:.3f}",
+                         "ours HR@1 vs popularity negatives": _kind(kinds, ds, label, "pop"),
+                         "ours HR@1 vs title-similar negatives": _kind(kinds, ds, label, "sim"),
                          "users": r.get("users", "–")})
     return pd.DataFrame(rows)

@@ -11,6 +11,7 @@ from ..runs import atomic_write_bytes, atomic_write_text, read_json, write_json
 from .collect import METRICS, choose_runs, collect_runs, table1
 from .figures import figure5, figure6, png_bytes
 from .full_catalogue import full_ranking_table
+from .negatives import run_negative_kinds
 from .paper import paper_comparison
 from .sparsity import BREAKDOWNS, bucket_table, sparsity_figure, sparsity_summary, sparsity_table, sparsity_tests
 from .statistics import improvement, significance, summarise
@@ -55,7 +56,10 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     full_chosen = choose_runs(full, lam)
     full_summary = summarise(full_chosen, n_boot, alpha)[0] if len(full_chosen) else pd.DataFrame()
     auc = full_chosen.groupby(["dataset", "label"])["AUC"].mean().to_dict() if len(full_chosen) else {}
-    vs_paper = paper_comparison(full_summary, auc) if len(full_summary) else pd.DataFrame()
+    kinds = {}   # HR@1 against each half of the negatives (one seed: the newest run's)
+    for (ds, label), g in (full_chosen.groupby(["dataset", "label"]) if len(full_chosen) else ()):
+        kinds[(ds, label)] = run_negative_kinds(g.sort_values("mtime")["run_dir"].iloc[-1], output_dir)
+    vs_paper = paper_comparison(full_summary, auc, kinds) if len(full_summary) else pd.DataFrame()
     # every run side that ranked the whole catalogue (eval.mode: full)
     full_rank = full_ranking_table(runs, alpha)
     # the sparsity study (batches named sparsity*)
