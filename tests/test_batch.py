@@ -252,7 +252,9 @@ def test_repo_batch_files_expand(name, tmp_path):
         for r in (r for r in batch.runs if r.scope == "run"):   # the dense point's runs but for the data knobs
             (a, keep), (b, keep1) = (split_off(x, "data", "train_keep") for x in (r.params, dense[r.method]))
             (a, cold), (b, cold0) = split_off(a, "data", "cold_items"), split_off(b, "data", "cold_items")
+            (a, order), (b, recent) = split_off(a, "data", "train_keep_order"), split_off(b, "data", "train_keep_order")
             assert a == b, r.run_id
+            assert recent == "recent" and (order == "recent" or keep < 1.0)
             assert keep1 == 1.0 and cold0 == 0.0 and (name == dense_name or (keep, cold) != (1.0, 0.0))
     elif name.startswith("cpu_seeds_"):  # other seeds of the main comparison, for pooled paired tests
         assert {"lightgcn", "lightgcn_ft", "bdlm"} <= methods and 42 not in {r.seed for r in batch.runs}

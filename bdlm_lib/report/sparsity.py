@@ -129,12 +129,12 @@ def bucket_table(chosen: pd.DataFrame, n_boot: int, alpha: float, breakdown: str
 
 def sparsity_figure(summary: pd.DataFrame):
     """HR@1 against train_keep per method (95% CI bands), a panel per dataset; settings with cold
-    items are left to the tables."""
+    items or uniform thinning are left to the tables (a line joins the `recent` points only)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     if summary.empty:
         return None
-    d = summary[~summary["setting"].str.contains("cold")]
+    d = summary[~summary["setting"].str.contains("cold|uniform")]
     if d["density"].nunique() < 2:
         return None
     sns.set_theme(style="whitegrid")
