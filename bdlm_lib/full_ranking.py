@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .metrics import held_out_items
+
 ScoreUsers = Callable[[np.ndarray], np.ndarray]
 
 
@@ -47,7 +49,7 @@ def full_ranks(score_users: ScoreUsers, ds, split: str, users: np.ndarray, seed:
     from tqdm.auto import tqdm
 
     users = np.asarray(users, dtype=np.int64)
-    held = getattr(ds, split).set_index("user")["item"].reindex(users).to_numpy()
+    held = held_out_items(ds, split, users)
     seen = seen_items(ds, split)
     seen = seen[seen["user"].isin(users)]
     order = np.random.default_rng(np.random.SeedSequence([int(seed), 13])).permutation(ds.n_items)
@@ -125,11 +127,18 @@ def not_ranked(params: Mapping, reason: str) -> dict:
     return {"full": {"not_applicable": reason}} if params["eval"].get("mode") == "full" else {}
 
 
+def full_users(ds, params: Mapping) -> np.ndarray:
+    """The users ranked on the full catalogue: the candidate sets' top-K users."""
+    ev = params["eval"]
+    return ds.eval_users(ev.get("topk_users") or ev.get("max_users"))
+
+
+def full_ks(params: Mapping) -> Sequence[int]:
+    return params["eval"].get("full_ks") or (10, 20)
+
+
 def evaluate_full(score_users: ScoreUsers, ds, params: Mapping, split: str = "test",
                   progress: bool = False) -> dict:
     """The `full` entry of metrics.json for `params.eval` (the same users as the candidate sets)."""
-    ev = params["eval"]
-    n = ev.get("topk_users") or ev.get("max_users")
-    users = ds.eval_users(n)
-    ranks = full_ranks(score_users, ds, split, users, seed=int(params["seed"]), progress=progress)
-    return {"split": split, "n_items": int(ds.n_items), **full_metrics(ranks.to_numpy(), ev.get("full_ks") or (10, 20))}
+    ranks = full_ranks(score_users, ds, split, full_users(ds, params), seed=int(params["seed"]), progress=progress)
+    return {"split": split, "n_items": int(ds.n_items), **full_metrics(ranks.to_numpy(), full_ks(params))}

@@ -93,11 +93,16 @@ def bucket_labels(values: np.ndarray, edges: Sequence[int]) -> np.ndarray:
     return np.asarray(names, dtype=object)[idx]
 
 
+def held_out_items(ds, split: str, users: np.ndarray) -> np.ndarray:
+    """Each user's held-out item of `split` (valid / test), in the order of `users`."""
+    return getattr(ds, split).set_index("user")["item"].reindex(users).to_numpy()
+
+
 def user_buckets(ds, users: np.ndarray, split: str, edges: Mapping) -> pd.DataFrame:
     """Per user (index): the bucket of the held-out item's train count and of the history length."""
     counts = np.bincount(ds.train["item"].to_numpy(), minlength=ds.n_items)
     hist = np.bincount(ds.train["user"].to_numpy(), minlength=ds.n_users)
-    held = getattr(ds, split).set_index("user")["item"].reindex(users).to_numpy()
+    held = held_out_items(ds, split, users)
     return pd.DataFrame({"item_popularity": bucket_labels(counts[held], edges["item_popularity"]),
                          "user_history": bucket_labels(hist[users], edges["user_history"])},
                         index=pd.Index(users, name="user"))

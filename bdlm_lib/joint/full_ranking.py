@@ -14,18 +14,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..full_ranking import domain_scorer, full_metrics, full_ranks, not_ranked, rerank_ranks
+from ..full_ranking import (domain_scorer, evaluate_full, full_ks, full_metrics, full_ranks, full_users,
+                            not_ranked, rerank_ranks)
+from ..metrics import held_out_items
 from ..llm.scoring import all_item_scorer
 from .cascade import cascade_rerank_scores
-
-
-def _users(ds, params: Mapping):
-    ev = params["eval"]
-    return ds.eval_users(ev.get("topk_users") or ev.get("max_users"))
-
-
-def _ks(params: Mapping):
-    return params["eval"].get("full_ks") or (10, 20)
 
 
 def full_llm(llm, builder, ds, params: Mapping, batch_size: int = 8, progress: bool = False) -> dict:
@@ -34,10 +27,7 @@ def full_llm(llm, builder, ds, params: Mapping, batch_size: int = 8, progress: b
         return {}
     if not builder.et:
         return not_ranked(params, "without ET an item is a title: every title's likelihood per user")
-    users = _users(ds, params)
-    ranks = full_ranks(all_item_scorer(llm, builder, batch_size), ds, "test", users,
-                       seed=int(params["seed"]), progress=progress)
-    return {"full": {"split": "test", "n_items": int(ds.n_items), **full_metrics(ranks.to_numpy(), _ks(params))}}
+    return {"full": evaluate_full(all_item_scorer(llm, builder, batch_size), ds, params, progress=progress)}
 
 
 def full_drs(llm, builder, enhanced, ds, params: Mapping, batch_size: int = 8,
@@ -56,12 +46,11 @@ def full_drs(llm, builder, enhanced, ds, params: Mapping, batch_size: int = 8,
         first = all_item_scorer(llm, builder, batch_size)
     else:
         raise ValueError(f"eval.full_first_stage must be domain or llm, got {stage!r}")
-    users = _users(ds, params)
+    users = full_users(ds, params)
     seed = int(params["seed"])
     ranks, top = full_ranks(first, ds, "test", users, seed=seed, progress=progress, top_n=n)
-    held = ds.test.set_index("user")["item"].reindex(users).to_numpy()
     scores = cascade_rerank_scores(llm, builder, enhanced, users, top, seed, batch_size, progress)
-    final = rerank_ranks(ranks.to_numpy(), top, held, scores)
-    ks = _ks(params)
+    final = rerank_ranks(ranks.to_numpy(), top, held_out_items(ds, "test", users), scores)
+    ks = full_ks(params)
     return {"full": {"split": "test", "n_items": int(ds.n_items), **full_metrics(final, ks),
                      "rerank_n": n, "first_stage": {"model": stage, **full_metrics(ranks.to_numpy(), ks)}}}
