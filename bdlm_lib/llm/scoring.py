@@ -146,13 +146,13 @@ def all_item_scorer(model, builder: PromptBuilder, batch_size: int = 8):
         try:
             prompts = [builder.open_topk(int(u)) for u in users]
             out = np.empty((len(users), len(rows)))
+            # the <iid> rows of the output layer (and their bias), gathered once per call
+            ids = rows.to(head.weight.device)
+            w = head.weight[ids].float().T
+            bias = head.bias[ids].float() if getattr(head, "bias", None) is not None else None
             for idx in length_batches(prompts, batch_size):
-                h = answer_hidden(model, [prompts[i] for i in idx], pad)
-                w = head.weight[rows.to(h.device)].float()
-                sc = h @ w.T
-                if getattr(head, "bias", None) is not None:
-                    sc = sc + head.bias[rows.to(h.device)].float()
-                out[idx] = sc.double().cpu().numpy()
+                sc = answer_hidden(model, [prompts[i] for i in idx], pad) @ w
+                out[idx] = (sc if bias is None else sc + bias).double().cpu().numpy()
             return out
         finally:
             model.train(was)
