@@ -3,6 +3,7 @@
     bdlm prep --dataset ml1m --preset demo       prepare data + test sets, print Table 1
     bdlm batch params/batches/demo_ml1m.yaml     run a batch of notebooks with papermill
     bdlm report [--docs docs/results.md]         assemble the report from stored runs
+    bdlm archive --to results                    copy finished runs' records into the results archive
     bdlm joint --dataset ml1m --preset paper     one joint run (the DeepSpeed launcher's entry)
     bdlm plan BATCH --backbone CFG --gpus N      per run: GPU memory, fits or not, wall time
     bdlm export --dataset ml1m --preset paper    our splits + candidate sets as RecBole atomic files
@@ -60,8 +61,18 @@ def cmd_batch(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import build_report
-    path = build_report(args.output_dir or "outputs", preset=args.preset, docs=args.docs)
+    path = build_report(args.output_dir or ["outputs"], preset=args.preset, docs=args.docs)
     print(f"report: {path}" + (f"; results page: {args.docs}" if args.docs else ""))
+    return 0
+
+
+def cmd_archive(args) -> int:
+    """The records of the finished runs (bdlm_lib/archive.py) into a folder kept under version control."""
+    from .archive import archive_runs
+    lines = archive_runs(args.output_dir or "outputs", args.to, batches=args.batch)
+    for line in lines:
+        print(f"archived {line}")
+    print(f"{len(lines)} archived into {args.to}" if lines else f"{args.to}: already holds every finished run")
     return 0
 
 
@@ -168,10 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_batch)
 
     p = sub.add_parser("report", help="assemble tables and figures from stored runs")
-    p.add_argument("--output-dir")
+    p.add_argument("--output-dir", nargs="+", metavar="DIR",
+                   help="folders of stored runs, read together (default: outputs); e.g. outputs results")
     p.add_argument("--preset", help="report only this preset's runs (default: per dataset its largest)")
     p.add_argument("--docs", metavar="PATH", help="also write the results page, e.g. docs/results.md")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("archive", help="copy the finished runs' records (no checkpoints) into the results archive")
+    p.add_argument("--output-dir", help="where the runs are (default: outputs)")
+    p.add_argument("--to", default="results", metavar="DIR", help="the archive (default: results)")
+    p.add_argument("--batch", nargs="*", metavar="NAME", help="only these batches (their `name:`)")
+    p.set_defaults(fn=cmd_archive)
 
     p = sub.add_parser("demo", help="the main job: CPU demo pipeline on MovieLens-1M")
     p.add_argument("--output-dir")

@@ -286,3 +286,12 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self._lock.release()
+
+
+def finished_utc(run_dir: Path) -> str:
+    """When a run finished: run.json's `finished_utc`, else its metrics.json's modification time."""
+    info = read_json(run_dir / RUN) if (run_dir / RUN).exists() else {}
+    if info.get("finished_utc"):
+        return str(info["finished_utc"])
+    t = (run_dir / METRICS).stat().st_mtime
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")

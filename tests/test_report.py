@@ -335,3 +335,55 @@ def test_full_data_table_and_sparsity_section(outputs, tmp_path):
     rec = json.loads((record / "metrics.json").read_text())
     assert rec["settings"] == ["default", "keep 0.5"] and len(rec["tests"]) == 4
     assert {t["p (McNemar exact)"] for t in rec["tests"]} == set(tests["p (McNemar exact)"])
+
+
+def test_archive_keeps_what_the_report_reads_and_the_report_reads_it_back(outputs, tmp_path):
+    """`bdlm archive` copies finished runs' records (not checkpoints, not failed runs) and the data
+    records they used; the report from the archive alone equals the report from the outputs, a run
+    in both folders counts once, and the newest run of a seed is the one `finished_utc` says."""
+    import os
+    import shutil
+    import yaml
+    from bdlm_lib.archive import archive_runs
+    from bdlm_lib.cli import main as cli
+    out, ds = outputs
+    root = tmp_path / "outputs"
+    shutil.copytree(out / "ml1m" / "data", root / "ml1m" / "data")
+    for run_id in ("lightgcn-s42", "instructrec-s42", "bdlm-lam0.1-s42", "wo_jl-s42"):
+        dst = root / "ml1m" / "full" / run_id
+        shutil.copytree(out / "ml1m" / "t" / run_id, dst)
+        p = load_params("ml1m", "smoke", {"output_dir": str(root)})
+        (dst / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(p, default=dict))))
+        (dst / "fingerprint.json").write_text(json.dumps({"run": run_id}))
+    (root / "ml1m" / "full" / "lightgcn-s42" / "model.safetensors").write_bytes(b"weights")
+    failed = root / "ml1m" / "full" / "wo_jl-s42"
+    write_json(failed / "run.json", {**json.loads((failed / "run.json").read_text()), "status": "failed"})
+    results = tmp_path / "results"
+    assert cli(["archive", "--output-dir", str(root), "--to", str(results)]) == 0
+    runs = sorted(p.name for p in (results / "ml1m" / "full").iterdir())
+    assert runs == ["bdlm-lam0.1-s42", "instructrec-s42", "lightgcn-s42"]          # not the failed run
+    kept = sorted(p.name for p in (results / "ml1m" / "full" / "lightgcn-s42").iterdir())
+    assert kept == ["fingerprint.json", "metrics.json", "params.yaml", "predictions.parquet", "run.json"]
+    tag = next((root / "ml1m" / "data").iterdir()).name
+    assert sorted(p.name for p in (results / "ml1m" / "data" / tag).iterdir()) == ["manifest.json", "test_topk.parquet"]
+    assert archive_runs(root, results) == []                                        # nothing new
+    # the report from the archive alone = from the outputs; both together count each run once
+    build_report(root, report_dir=tmp_path / "a", n_boot=50)
+    build_report(results, report_dir=tmp_path / "b", n_boot=50)
+    build_report([root, results], report_dir=tmp_path / "c", n_boot=50)
+    for name in ("table1.csv", "table3.csv", "significance.csv"):
+        a = (tmp_path / "a" / name).read_text()
+        assert a == (tmp_path / "b" / name).read_text() and a == (tmp_path / "c" / name).read_text(), name
+    assert len(collect_runs(results)) == 4                      # 3 runs, BDLM has two sides
+    assert len(collect_runs([root, results])) == len(collect_runs(root)) == 6  # + the failed run's sides
+    # a changed run replaces its archived record, and its time (not the files' times) makes it the newest
+    (root / "ml1m" / "full" / "lightgcn-s42" / "fingerprint.json").write_text(json.dumps({"run": "changed"}))
+    assert archive_runs(root, results) == ["ml1m/full/lightgcn-s42 (replaced: its parameters or metrics changed)"]
+    older = results / "ml1m" / "full" / "instructrec-s42"
+    info = json.loads((older / "run.json").read_text())
+    write_json(older / "run.json", {**info, "finished_utc": "2000-01-01T00:00:00+00:00"})
+    os.utime(older / "metrics.json", (4e9, 4e9))            # a checkout's file time says nothing
+    got = collect_runs(results).set_index("label")["finished"]
+    assert got["InstructRec"] == "2000-01-01T00:00:00+00:00" < got["LightGCN"]
+    # bad input: one line naming the folder, exit 2
+    assert cli(["archive", "--output-dir", str(tmp_path / "nowhere"), "--to", str(results)]) == 2

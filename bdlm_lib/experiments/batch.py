@@ -491,7 +491,8 @@ def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
                     raise BatchInterrupted(f"interrupted during {r.dataset}/{r.run_id} (marked interrupted); "
                                            f"the same command resumes the batch") from None
                 secs = time.perf_counter() - t0
-                write_json(r.run_dir / store.RUN, {**info, "status": status, "seconds": round(secs, 1), "error": err})
+                done = {"finished_utc": store.finished_utc(r.run_dir)} if status == "ok" else {}
+                write_json(r.run_dir / store.RUN, {**info, "status": status, "seconds": round(secs, 1), "error": err, **done})
                 rows[r.dataset + "/" + r.run_id] = _row(r, status, secs, err)
                 _write_summaries(batch, list(rows.values()))
         _write_summaries(batch, list(rows.values()))

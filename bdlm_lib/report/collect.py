@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -77,14 +78,26 @@ def full_data(params: dict) -> bool:
             and ev.get("topk_users") is None)
 
 
-def collect_runs(output_dir: str | Path) -> pd.DataFrame:
-    """One row per (run, side) with a known method: dataset, label, λ, seed, preset, metrics, run_dir."""
-    rows = []
-    for mfile in sorted(Path(output_dir).glob(f"*/*/*/{store.METRICS}")):
+def as_folders(output_dir: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One output folder or several (e.g. a machine's outputs and the committed results archive)."""
+    return [Path(output_dir)] if isinstance(output_dir, (str, Path)) else [Path(d) for d in output_dir]
+
+
+def collect_runs(output_dir: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """One row per (run, side) with a known method: dataset, label, λ, seed, preset, metrics, run_dir.
+    From one folder or several: a run found in two of them with the same identity (fingerprint)
+    counts once, from the first folder named; `finished` orders runs (the newest run of a seed wins)."""
+    rows, seen = [], set()
+    for mfile in (m for d in as_folders(output_dir) for m in sorted(d.glob(f"*/*/*/{store.METRICS}"))):
         run_dir = mfile.parent
         info = _run_info(run_dir)
         if not info or method_label(info.get("method"), "main") is None:
             continue
+        fp = run_dir / store.FINGERPRINT
+        key = (*run_dir.parts[-3:], fp.read_text(encoding="utf-8") if fp.exists() else str(run_dir))
+        if key in seen:
+            continue
+        seen.add(key)
         metrics = read_json(mfile)
         for side, m in _sides(metrics).items():
             label = method_label(info["method"], side)
@@ -100,11 +113,10 @@ def collect_runs(output_dir: str | Path) -> pd.DataFrame:
                          "full_data": bool(info.get("full_data")), "HR@1": tk.get("HR@1"), "HR@2": tk.get("HR@2"),
                          "precision": bn.get("precision"), "recall": bn.get("recall"), "F1": bn.get("f1"),
                          "threshold": bn.get("threshold"), "AUC": bn.get("auc"), "full": m.get("full"),
-                         "run_dir": str(run_dir),
-                         "mtime": mfile.stat().st_mtime})
+                         "run_dir": str(run_dir), "finished": store.finished_utc(run_dir)})
     return pd.DataFrame(rows, columns=["dataset", "batch", "run_id", "method", "side", "label", "lambda_ml",
                                        "seed", "preset", "setting", "full_data", *METRICS, "threshold", "AUC",
-                                       "full", "run_dir", "mtime"])
+                                       "full", "run_dir", "finished"])
 
 
 def load_predictions(run_dir: str | Path, side: str = "main") -> pd.DataFrame | None:
@@ -144,13 +156,13 @@ def choose_runs(runs: pd.DataFrame, lambda_ml: float, preset: str | None = None)
     lam = r["lambda_ml"].astype(float)
     target = math.log10(lambda_ml) if lambda_ml > 0 else -9.0
     r["lam_dist"] = np.where(lam.isna(), 0.0, np.abs(np.log10(lam.where(lam > 0, 1e-9)) - target))
-    r = r.sort_values(["lam_dist", "mtime"], ascending=[True, False])
+    r = r.sort_values(["lam_dist", "finished"], ascending=[True, False])
     best = r.groupby(["dataset", "label"]).head(1)[["dataset", "label", "preset", "lam_dist"]]
     r = r.merge(best, on=["dataset", "label", "preset", "lam_dist"])
     return r.drop_duplicates(["dataset", "label", "seed"]).drop(columns=["lam_dist"])
 
 
-def table1(output_dir: Path, chosen: pd.DataFrame | None = None) -> pd.DataFrame:
+def table1(output_dir: str | Path | Sequence[str | Path], chosen: pd.DataFrame | None = None) -> pd.DataFrame:
     """Statistics of the prepared data samples: those the reported runs used (read from their
     params.yaml), or every prepared sample when no reported run says which it used."""
     from ..data.dataset import dataset_tag
@@ -160,10 +172,12 @@ def table1(output_dir: Path, chosen: pd.DataFrame | None = None) -> pd.DataFrame
         if f.exists():
             p = yaml.safe_load(f.read_text(encoding="utf-8"))
             used.add((Path(str(p["dataset"])).name, dataset_tag(p)))
-    rows = []
-    for man in sorted(output_dir.glob("*/data/*/manifest.json")):
-        if used and (man.parent.parent.parent.name, man.parent.name) not in used:
+    rows, seen = [], set()
+    for man in (m for d in as_folders(output_dir) for m in sorted(d.glob("*/data/*/manifest.json"))):
+        key = (man.parent.parent.parent.name, man.parent.name)
+        if (used and key not in used) or key in seen:
             continue
+        seen.add(key)
         s = read_json(man)["stats"]
         rows.append({"dataset": man.parent.parent.parent.name, "data": man.parent.name, "#users": s["users"],
                      "#items": s["items"], "#interactions": s["interactions"],

@@ -70,7 +70,7 @@ def figure6(runs: pd.DataFrame, n_boot: int, alpha: float, preset: str | None = 
     sns.set_theme(style="whitegrid")
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
-        d = r[r["dataset"] == ds].sort_values("mtime", ascending=False).drop_duplicates(["label", "lambda_ml", "seed"])
+        d = r[r["dataset"] == ds].sort_values("finished", ascending=False).drop_duplicates(["label", "lambda_ml", "seed"])
         lams = sorted(d["lambda_ml"].astype(float).unique())
         pos = [v for v in lams if v > 0]
         zero_x = (min(pos) / 10) if pos else 1e-3

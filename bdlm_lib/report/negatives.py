@@ -32,16 +32,18 @@ def hr1_by_negative_kind(predictions: pd.DataFrame, candidates: pd.DataFrame) ->
     return out
 
 
-def run_negative_kinds(run_dir: str | Path, output_dir: str | Path) -> dict | None:
+def run_negative_kinds(run_dir: str | Path) -> dict | None:
     """`hr1_by_negative_kind` of a stored run, its candidate set read from the prepared data its
-    params.yaml names under `output_dir`; None when that data or the predictions are not there."""
+    params.yaml names in the run's own output folder (or archive); None when that data or the
+    predictions are not there."""
     from ..data.dataset import dataset_tag
     run_dir = Path(run_dir)
     f = run_dir / "params.yaml"
     if not f.exists():
         return None
     p = yaml.safe_load(f.read_text(encoding="utf-8"))
-    cand = Path(output_dir) / Path(str(p["dataset"])).name / "data" / dataset_tag(p) / "test_topk.parquet"
+    root = run_dir.parent.parent.parent             # <root>/<dataset>/<batch>/<run_id>
+    cand = root / Path(str(p["dataset"])).name / "data" / dataset_tag(p) / "test_topk.parquet"
     preds = load_predictions(run_dir)
     if not cand.exists() or preds is None:
         return None

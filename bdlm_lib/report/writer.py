@@ -3,12 +3,13 @@ is loaded), written as report.md / report.html / CSV / PNG, and as the generated
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from ..methods import BASELINE_ROWS, BDLM_ROWS, CONTROL_ROWS, NCF_ROWS, of_kind
 from ..runs import atomic_write_bytes, atomic_write_text, read_json, write_json
-from .collect import METRICS, choose_runs, collect_runs, table1
+from .collect import METRICS, as_folders, choose_runs, collect_runs, table1
 from .figures import figure5, figure6, png_bytes
 from .full_catalogue import full_ranking_table
 from .negatives import run_negative_kinds
@@ -18,12 +19,14 @@ from .statistics import improvement, significance, summarise
 from .tables import results_table, to_markdown
 
 
-def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | None = None,
+def build_report(output_dir: str | Path | Sequence[str | Path] = "outputs", report_dir: str | Path | None = None,
                  n_boot: int | None = None, alpha: float | None = None,
                  lambda_ml: float | None = None, preset: str | None = None,
                  docs: str | Path | None = None) -> Path:
     """Write report.md, report.html, the tables as CSV and the figures as PNG to
     `<output_dir>/report/`; return the path of report.md. Defaults from params `report:`.
+    `output_dir`: one folder of stored runs, or several (e.g. `outputs` and the results archive,
+    bdlm_lib/archive.py): the report reads them together, the first holds `report/`.
     `preset`: report only the runs of that preset (None: per dataset its largest preset).
     `docs`: also write the results page there (e.g. docs/results.md), see `write_results_page`."""
     from ..params import load_params
@@ -32,18 +35,20 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     alpha = float(alpha or p.report.alpha)
     lam = float(lambda_ml if lambda_ml is not None else (p.report.lambda_ml if p.report.lambda_ml is not None
                                                          else p.joint.lambda_ml))
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        raise FileNotFoundError(f"{output_dir}: no such output folder (run a batch first, or give --output-dir)")
-    out = Path(report_dir) if report_dir else output_dir / "report"
-    runs = collect_runs(output_dir)
+    folders = as_folders(output_dir)
+    for d in folders:
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such output folder (run a batch first, or give --output-dir)")
+    out = Path(report_dir) if report_dir else folders[0] / "report"
+    runs = collect_runs(folders)
     if not len(runs):
-        raise ValueError(f"{output_dir}: no finished runs to report (no <dataset>/<batch>/<run>/metrics.json)")
+        raise ValueError(f"{', '.join(map(str, folders))}: no finished runs to report "
+                         "(no <dataset>/<batch>/<run>/metrics.json)")
     # the main tables: data as prepared by the presets; sparser data has its own section
     chosen = choose_runs(runs[runs["setting"] == "default"], lam, preset)
     summary, tables = summarise(chosen, n_boot, alpha) if len(chosen) else (pd.DataFrame(
         columns=["dataset", "label", *METRICS]), {})
-    t1 = table1(output_dir, chosen)
+    t1 = table1(folders, chosen)
     flagged = sorted(l for l in set(summary["label"]) if "+" in l) if len(summary) else []
     t3 = results_table(summary, BASELINE_ROWS + CONTROL_ROWS + BDLM_ROWS + flagged, [*METRICS, "users"]) if len(summary) else pd.DataFrame()
     imp, which = improvement(summary, METRICS) if len(summary) else ({}, {})
@@ -58,7 +63,7 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
     auc = full_chosen.groupby(["dataset", "label"])["AUC"].mean().to_dict() if len(full_chosen) else {}
     kinds = {}   # HR@1 against each half of the negatives (one seed: the newest run's)
     for (ds, label), g in (full_chosen.groupby(["dataset", "label"]) if len(full_chosen) else ()):
-        kinds[(ds, label)] = run_negative_kinds(g.sort_values("mtime")["run_dir"].iloc[-1], output_dir)
+        kinds[(ds, label)] = run_negative_kinds(g.sort_values("finished")["run_dir"].iloc[-1])
     vs_paper = paper_comparison(full_summary, auc, kinds) if len(full_summary) else pd.DataFrame()
     # every run side that ranked the whole catalogue (eval.mode: full)
     full_rank = full_ranking_table(runs, alpha)
@@ -110,7 +115,7 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
                "p = exact McNemar against LightGCN on those users)", t, False) for b, t in sp_buckets.items()),
         ]
     which_preset = f"preset {preset}" if preset else "per dataset its largest preset"
-    head = (f"From `{output_dir}`: {len(runs)} stored run sides; {which_preset}; joint runs at λ nearest {lam:g}; "
+    head = (f"From {', '.join(f'`{d}`' for d in folders)}: {len(runs)} stored run sides; {which_preset}; joint runs at λ nearest {lam:g}; "
             f"{n_boot} bootstrap resamples.")
     md = [f"# BDLM report\n\n{head}\n"]
     html = [f"<h1>BDLM report</h1><p>{head}</p>"]
@@ -130,7 +135,7 @@ def build_report(output_dir: str | Path = "outputs", report_dir: str | Path | No
                       "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}</style></head><body>"
                       + "\n".join(html) + "</body></html>")
     if docs is not None:
-        write_results_page(out, Path(docs), output_dir)
+        write_results_page(out, Path(docs), folders)
     return out / "report.md"
 
 
@@ -153,7 +158,7 @@ def wall_times(chosen: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_results_page(report_dir: Path, docs: Path, output_dir: Path) -> Path:
+def write_results_page(report_dir: Path, docs: Path, output_dir: Path | Sequence[Path]) -> Path:
     """docs/results.md: the report, generated (never typed by hand), its figures beside it in
     `<docs>_figures/`, then the dated notes of `results_notes.md` next to it, if present."""
     import datetime
@@ -168,8 +173,10 @@ def write_results_page(report_dir: Path, docs: Path, output_dir: Path) -> Path:
     for img in images:
         shutil.copyfile(img, figs / img.name)
         body = body.replace(f"]({img.name})", f"]({figs.name}/{img.name})")
-    body = body.replace(f"From `{output_dir}`:", "From the stored runs:")
-    body = body.replace(str(output_dir).rstrip("/") + "/", "")   # run folders relative to the output folder
+    folders = as_folders(output_dir)
+    body = body.replace("From " + ", ".join(f"`{d}`" for d in folders) + ":", "From the stored runs:")
+    for d in folders:
+        body = body.replace(str(d).rstrip("/") + "/", "")   # run folders relative to their output folder
     notes = docs.parent / "results_notes.md"
     page = (f"# Results\n\n_Generated by `bdlm report --docs {docs}` on "
             f"{datetime.date.today().isoformat()} from stored runs; do not edit by hand (the notes at "
