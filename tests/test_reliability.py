@@ -184,10 +184,14 @@ Path(run_dir, "started").write_text("1")
 time.sleep(60)"""
 
 
-def test_ctrl_c_marks_the_run_interrupted_and_says_one_line(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_marks_the_run_interrupted_and_says_one_line(tmp_path, stop):
+    """Ctrl-C or SIGTERM: the run is marked interrupted with its time, one line says so; the same
+    command resumes it and run.json's seconds count both attempts."""
     nb = write_notebook(tmp_path / "tiny.ipynb")
     import nbformat
     book = nbformat.read(str(nb), as_version=4)
+    fast = book.cells[-1].source
     book.cells[-1].source = SLOW_CELL
     nbformat.write(book, str(nb))
     out = tmp_path / "out"
@@ -201,13 +205,21 @@ def test_ctrl_c_marks_the_run_interrupted_and_says_one_line(tmp_path):
     deadline = time.time() + 120
     while not (run / "started").exists() and time.time() < deadline:
         time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    p.send_signal(stop)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("bdlm batch: interrupted during ml1m/lightgcn-s1")
     assert "Traceback" not in err
-    assert read_json(run / "run.json")["status"] == "interrupted"
+    first = read_json(run / "run.json")
+    assert first["status"] == "interrupted" and first["seconds"] >= 1.0
     assert not (run / "metrics.json").exists()
+    book.cells[-1].source = fast
+    nbformat.write(book, str(nb))
+    assert cli(["batch", str(write_batch(tmp_path)), "--output-dir", str(out)]) == 0
+    again = read_json(run / "run.json")
+    assert again["status"] == "ok" and len(again["attempts"]) == 2 and again["attempts"][0] == first["seconds"]
+    assert again["seconds"] == pytest.approx(sum(again["attempts"]), abs=0.11)
 
 
 # ---------------------------------------------------------------- 7. errors that name the file

@@ -407,6 +407,43 @@ def _execute(r: Run, batch: Batch, kernel: str | None, timeout: int | None) -> t
         return "failed", err
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler's or `kill`'s stop) ends the batch as Ctrl-C does: the running run
+    is marked interrupted with its time, and the same command resumes it."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt("terminated")
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _earlier_attempts(run_dir: Path, state: str) -> list:
+    """The wall times of the earlier attempts of a run that is resumed with the same parameters
+    (None for one killed before it could record its time); [] for a new or changed run."""
+    f = run_dir / store.RUN
+    if state != "unfinished" or not f.exists():
+        return []
+    prev = read_json(f)
+    if prev.get("attempts") is not None:
+        return list(prev["attempts"])
+    return [prev.get("seconds")] if prev.get("status") in ("interrupted", "failed", "running") else []
+
+
+def _timing(earlier: list, secs: float) -> dict:
+    """run.json's `seconds` (all attempts of the run together, as far as recorded) and `attempts`."""
+    attempts = [*earlier, round(secs, 1)]
+    return {"seconds": round(sum(a for a in attempts if a is not None), 1), "attempts": attempts}
+
+
 def _row(r: Run, status: str, seconds: float | None, error: str | None = None) -> dict:
     metrics = read_json(r.run_dir / "metrics.json") if r.finished else None
     return {"dataset": r.dataset, "run_id": r.run_id, "method": r.method, "flag": r.flag,
@@ -452,7 +489,7 @@ def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
         if not any(_select(r, [o]) for r in batch.runs):
             raise BatchError(f"--only {o}: matches no run of {batch.path.name} "
                              f"(run ids: {', '.join(r.run_id for r in batch.runs)})")
-    with store.OutputLock(batch.output_dir):
+    with store.OutputLock(batch.output_dir), _terminate_as_interrupt():
         by_key = {r.dataset + "/" + r.run_id: r for r in batch.runs}
         states = {k: store.run_state(r.run_dir, r.params) for k, r in by_key.items()}
         changed = [k for k, (st, _) in states.items() if st == "changed"]
@@ -475,6 +512,7 @@ def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
         with _console() as console:
             for r in tqdm(todo, desc=f"batch {batch.name}", unit="run", file=console):
                 t0 = time.perf_counter()
+                earlier = _earlier_attempts(r.run_dir, states[r.dataset + "/" + r.run_id][0])
                 store.claim(r.run_dir, r.params, rerun_changed=rerun_changed)
                 info = {"batch": batch.name, "dataset": r.dataset, "run_id": r.run_id, "method": r.method,
                         "flag": r.flag, "lambda_ml": r.lambda_ml, "seed": r.seed, "scope": r.scope,
@@ -485,15 +523,17 @@ def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
                     status, err = _execute(r, batch, kernel, timeout)
                 except KeyboardInterrupt:
                     secs = round(time.perf_counter() - t0, 1)
-                    write_json(r.run_dir / store.RUN, {**info, "status": "interrupted", "seconds": secs})
+                    write_json(r.run_dir / store.RUN, {**info, "status": "interrupted",
+                                                       **_timing(earlier, secs)})
                     rows[r.dataset + "/" + r.run_id] = _row(r, "interrupted", secs, "interrupted")
                     _write_summaries(batch, list(rows.values()))
                     raise BatchInterrupted(f"interrupted during {r.dataset}/{r.run_id} (marked interrupted); "
                                            f"the same command resumes the batch") from None
                 secs = time.perf_counter() - t0
                 done = {"finished_utc": store.finished_utc(r.run_dir)} if status == "ok" else {}
-                write_json(r.run_dir / store.RUN, {**info, "status": status, "seconds": round(secs, 1), "error": err, **done})
-                rows[r.dataset + "/" + r.run_id] = _row(r, status, secs, err)
+                timing = _timing(earlier, secs)
+                write_json(r.run_dir / store.RUN, {**info, "status": status, **timing, "error": err, **done})
+                rows[r.dataset + "/" + r.run_id] = _row(r, status, timing["seconds"], err)
                 _write_summaries(batch, list(rows.values()))
         _write_summaries(batch, list(rows.values()))
     table = pd.DataFrame(list(rows.values()))[["dataset", "run_id", "status", "HR@1", "HR@2", "F1", "seconds"]]
