@@ -256,6 +256,15 @@ def test_repo_batch_files_expand(name, tmp_path):
             assert a == b, r.run_id
             assert recent == "recent" and (order == "recent" or keep < 1.0)
             assert keep1 == 1.0 and cold0 == 0.0 and (name == dense_name or (keep, cold) != (1.0, 0.0))
+    elif name.startswith("cpu_full_ranking_"):  # full-catalogue ranking: the main batch's data and users
+        runs = [r for r in batch.runs if r.scope == "run"]
+        assert {r.method for r in runs} == {"pop", "lightgcn", "bdlm"}
+        assert {r.params["eval"]["mode"] for r in runs} == {"full"}
+        main = {r.method: r.params for r in expand_repo_batch(name.replace("cpu_full_ranking_", "cpu_sparsity_"),
+                                                              tmp_path)[1].runs if r.scope == "run"}
+        for r in (r for r in runs if r.method in main):   # the sparsity study's dense point but for the mode
+            (a, full), (b, cand) = (split_off(x, "eval", "mode") for x in (r.params, main[r.method]))
+            assert a == b and (full, cand) == ("full", "candidates"), r.run_id
     elif name.startswith("cpu_seeds_"):  # other seeds of the main comparison, for pooled paired tests
         assert {"lightgcn", "lightgcn_ft", "bdlm"} <= methods and 42 not in {r.seed for r in batch.runs}
         seed42 = {r.method: r.params for prefix in ("cpu_", "cpu_more_")
