@@ -321,6 +321,14 @@ def test_full_data_table_and_sparsity_section(outputs, tmp_path):
     assert list(sp["setting"]) == ["default", "keep 0.5"] and {"LightGCN", "BDLM-drs", "InstructRec"} <= set(sp.columns)
     tests = pd.read_csv(rep / "sparsity_tests.csv")
     assert set(tests["comparison"]) == {"BDLM-drs vs LightGCN", "BDLM-llm vs LightGCN"} and len(tests) == 4
+    # the change of the gap from the default setting = the difference of the two settings' Δ
+    change = pd.read_csv(rep / "sparsity_gap_change.csv").set_index("comparison")
+    delta = tests.set_index(["comparison", "setting"])["ΔHR@1"]
+    assert set(change["setting"]) == {"keep 0.5"} and len(change) == 2
+    for comp, row in change.iterrows():
+        assert row["gap here"] == pytest.approx(delta[(comp, "keep 0.5")], abs=1e-4)
+        assert row["gap at default"] == pytest.approx(delta[(comp, "default")], abs=1e-4)
+        assert row["change lo"] <= row["change"] <= row["change hi"] and row["n_users"] == 40
     buckets = pd.read_csv(rep / "sparsity_item_popularity.csv")
     for setting, g in buckets.groupby("setting"):
         assert g["n LightGCN"].sum() == 60 and g["n BDLM-drs"].sum() == 40     # ranked users, all buckets
