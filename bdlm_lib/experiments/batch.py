@@ -522,10 +522,9 @@ def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
                 try:
                     status, err = _execute(r, batch, kernel, timeout)
                 except KeyboardInterrupt:
-                    secs = round(time.perf_counter() - t0, 1)
-                    write_json(r.run_dir / store.RUN, {**info, "status": "interrupted",
-                                                       **_timing(earlier, secs)})
-                    rows[r.dataset + "/" + r.run_id] = _row(r, "interrupted", secs, "interrupted")
+                    timing = _timing(earlier, time.perf_counter() - t0)
+                    write_json(r.run_dir / store.RUN, {**info, "status": "interrupted", **timing})
+                    rows[r.dataset + "/" + r.run_id] = _row(r, "interrupted", timing["seconds"], "interrupted")
                     _write_summaries(batch, list(rows.values()))
                     raise BatchInterrupted(f"interrupted during {r.dataset}/{r.run_id} (marked interrupted); "
                                            f"the same command resumes the batch") from None
