@@ -10,7 +10,9 @@ results page on any machine, and results made on different machines add up:
     <results>/<dataset>/data/<tag>/         manifest.json (Table 1) and test_topk.parquet (which
                                             negative is which kind: the negatives' table)
 
-Only finished runs are archived (metrics.json present, run.json not failed or interrupted). A run
+Only finished runs that `bdlm batch` made are archived (metrics.json present, run.json present and
+not failed or interrupted): a notebook executed on its own (by `make test`'s nbval pass, or by
+hand) writes no run.json, so its smoke-preset records under the default `outputs/` stay out. A run
 already in the archive with the same fingerprint and metrics is left alone; one with the same
 name and a different fingerprint (its parameters changed) is replaced, and the command says so.
 Each run folder appears whole or not at all (`runs.atomic_dir`). run.json gains `finished_utc`
@@ -32,8 +34,9 @@ DATA_RECORD = ("manifest.json", "test_topk.parquet")
 
 
 def _archivable(run_dir: Path) -> bool:
-    info = read_json(run_dir / store.RUN) if (run_dir / store.RUN).exists() else {}
-    return run_dir.parent.name != "data" and info.get("status") in (None, "ok")
+    if run_dir.parent.name == "data" or not (run_dir / store.RUN).exists():
+        return False
+    return read_json(run_dir / store.RUN).get("status") == "ok"
 
 
 def _same(a: Path, b: Path, name: str) -> bool:

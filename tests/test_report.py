@@ -42,7 +42,8 @@ def outputs(tmp_path_factory):
                             topk_users=topk_users, return_predictions=True)
             metrics[side] = m
             preds.append(p.assign(side=side))
-        write_json(run / "run.json", {"method": method, "lambda_ml": lam, "seed": 42, "preset": "smoke"})
+        write_json(run / "run.json", {"method": method, "lambda_ml": lam, "seed": 42, "preset": "smoke",
+                                      "status": "ok"})                 # as `bdlm batch` writes it
         # two-sided runs as joint/run.py writes them: drs copied to the top level too
         write_json(run / "metrics.json", metrics["main"] if "main" in metrics else {**metrics["drs"], **metrics})
         pd.concat(preds).to_parquet(run / "predictions.parquet")
@@ -366,10 +367,14 @@ def test_archive_keeps_what_the_report_reads_and_the_report_reads_it_back(output
     (root / "ml1m" / "full" / "lightgcn-s42" / "model.safetensors").write_bytes(b"weights")
     failed = root / "ml1m" / "full" / "wo_jl-s42"
     write_json(failed / "run.json", {**json.loads((failed / "run.json").read_text()), "status": "failed"})
+    by_hand = root / "ml1m" / "llm" / "et_pe"                   # a notebook run alone: no run.json
+    shutil.copytree(out / "ml1m" / "t" / "instructrec-s42", by_hand)
+    (by_hand / "run.json").unlink()
     results = tmp_path / "results"
     assert cli(["archive", "--output-dir", str(root), "--to", str(results)]) == 0
     runs = sorted(p.name for p in (results / "ml1m" / "full").iterdir())
     assert runs == ["bdlm-lam0.1-s42", "instructrec-s42", "lightgcn-s42"]          # not the failed run
+    assert not (results / "ml1m" / "llm").exists()                              # nor the notebook's own
     kept = sorted(p.name for p in (results / "ml1m" / "full" / "lightgcn-s42").iterdir())
     assert kept == ["fingerprint.json", "metrics.json", "params.yaml", "predictions.parquet", "run.json"]
     tag = next((root / "ml1m" / "data").iterdir()).name
