@@ -311,23 +311,27 @@ def test_full_data_table_and_sparsity_section(outputs, tmp_path):
         return dst
 
     copy("lightgcn-s42", "full")
-    for keep, batch in ((1.0, "sparsity_full"), (0.5, "sparsity_half")):
+    for data, batch in (({"cold_items": 0.2}, "sparsity_cold"), ({"train_keep": 1.0}, "sparsity_full"),
+                        ({"train_keep": 0.5}, "sparsity_half")):
         for run_id in ("lightgcn-s42", "bdlm-lam0.1-s42", "instructrec-s42"):
-            copy(run_id, batch, train_keep=keep)
+            copy(run_id, batch, **data)
     build_report(root, n_boot=50)
     rep = root / "report"
     paper = pd.read_csv(rep / "paper_comparison.csv").set_index("method")
     assert paper.loc["LightGCN", "paper HR@1"] == 0.284 and paper.loc["LightGCN", "dataset"] == "ml1m"
     sp = pd.read_csv(rep / "sparsity.csv")
-    assert list(sp["setting"]) == ["default", "keep 0.5"] and {"LightGCN", "BDLM-drs", "InstructRec"} <= set(sp.columns)
+    # reading order: the default, thinner and thinner, then cold items (not the folders' order)
+    assert list(sp["setting"]) == ["default", "keep 0.5", "cold 0.2"]
+    assert {"LightGCN", "BDLM-drs", "InstructRec"} <= set(sp.columns)
     tests = pd.read_csv(rep / "sparsity_tests.csv")
-    assert set(tests["comparison"]) == {"BDLM-drs vs LightGCN", "BDLM-llm vs LightGCN"} and len(tests) == 4
+    assert set(tests["comparison"]) == {"BDLM-drs vs LightGCN", "BDLM-llm vs LightGCN"} and len(tests) == 6
+    assert list(dict.fromkeys(tests["setting"])) == ["default", "keep 0.5", "cold 0.2"]
     # the change of the gap from the default setting = the difference of the two settings' Δ
     change = pd.read_csv(rep / "sparsity_gap_change.csv").set_index("comparison")
     delta = tests.set_index(["comparison", "setting"])["ΔHR@1"]
-    assert set(change["setting"]) == {"keep 0.5"} and len(change) == 2
+    assert list(change["setting"]) == ["keep 0.5", "keep 0.5", "cold 0.2", "cold 0.2"]
     for comp, row in change.iterrows():
-        assert row["gap here"] == pytest.approx(delta[(comp, "keep 0.5")], abs=1e-4)
+        assert row["gap here"] == pytest.approx(delta[(comp, row["setting"])], abs=1e-4)
         assert row["gap at default"] == pytest.approx(delta[(comp, "default")], abs=1e-4)
         assert row["change lo"] <= row["change"] <= row["change hi"] and row["n_users"] == 40
     buckets = pd.read_csv(rep / "sparsity_item_popularity.csv")
@@ -342,7 +346,7 @@ def test_full_data_table_and_sparsity_section(outputs, tmp_path):
                         parameters={"output_dir": str(root), "run_dir": str(record), "n_boot": 50},
                         kernel_name="python3", cwd=str(REPO / "notebooks"), progress_bar=False)
     rec = json.loads((record / "metrics.json").read_text())
-    assert rec["settings"] == ["default", "keep 0.5"] and len(rec["tests"]) == 4
+    assert rec["settings"] == ["default", "keep 0.5", "cold 0.2"] and len(rec["tests"]) == 6
     assert {t["p (McNemar exact)"] for t in rec["tests"]} == set(tests["p (McNemar exact)"])
 
 

@@ -29,6 +29,13 @@ def density(setting: str) -> float:
     return 1.0
 
 
+def setting_order(setting: str) -> tuple:
+    """Rows in reading order: the default, the most-recent thinnings from dense to sparse, then the
+    other knobs (uniform thinning, cold items)."""
+    kind = 0 if setting == "default" else 1 if "uniform" not in setting and "cold" not in setting else 2
+    return kind, -density(setting), setting
+
+
 def sparsity_summary(runs: pd.DataFrame, lambda_ml: float, n_boot: int, alpha: float):
     """(summary with `setting` and `density` columns, {(dataset, setting, label): {seed: per-user
     table}}, the chosen runs with their `setting`)."""
@@ -45,8 +52,9 @@ def sparsity_summary(runs: pd.DataFrame, lambda_ml: float, n_boot: int, alpha: f
     if not parts:
         return pd.DataFrame(), tables, pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
-    return (out.sort_values(["dataset", "density"], ascending=[True, False], kind="stable"), tables,
-            pd.concat(chosen_all, ignore_index=True))
+    order = out["setting"].map(setting_order)
+    out = out.assign(_o=order).sort_values(["dataset", "_o"], kind="stable").drop(columns="_o")
+    return out, tables, pd.concat(chosen_all, ignore_index=True)
 
 
 def sparsity_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -89,7 +97,8 @@ def gap_change(tables: dict, n_boot: int, alpha: float, seed: int = 0) -> pd.Dat
     the test sets do not depend on the knobs), resampled within each seed both settings have."""
     rows = []
     rng = np.random.default_rng(seed)
-    for ds, setting in dict.fromkeys((k[0], k[1]) for k in tables if k[1] != "default"):
+    for ds, setting in sorted({(k[0], k[1]) for k in tables if k[1] != "default"},
+                              key=lambda k: (k[0], setting_order(k[1]))):
         for o, base in PAIRS:
             keys = [(ds, "default", o), (ds, "default", base), (ds, setting, o), (ds, setting, base)]
             if not all(k in tables for k in keys):
@@ -136,7 +145,7 @@ def bucket_table(chosen: pd.DataFrame, n_boot: int, alpha: float, breakdown: str
         if all(f is not None for f in frames.values()):
             per[(ds, setting, label)] = frames
     rows = []
-    for ds, setting in dict.fromkeys((k[0], k[1]) for k in per):
+    for ds, setting in sorted({(k[0], k[1]) for k in per}, key=lambda k: (k[0], setting_order(k[1]))):
         labels = [m for m in ORDER if (ds, setting, m) in per]
         buckets = sorted({b for m in labels for f in per[(ds, setting, m)].values() for b in f[breakdown].unique()},
                          key=lambda b: int(str(b).split("-")[0].rstrip("+")))
