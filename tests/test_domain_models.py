@@ -241,3 +241,33 @@ def test_denormals_are_flushed_while_a_transformer_trains(smoke, name):
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(n)
+
+
+def test_lightgcn_training_logits_and_gradients_equal_the_plain_dot_products(monkeypatch):
+    """A training batch ([B, K] candidates) goes through `pair_dot` (chunked forward, sparse
+    backward): logits and the tables' gradients equal `(U[u] * I[i]).sum(-1)` under autograd,
+    with repeated users and items and a batch longer than one chunk."""
+    from bdlm_lib.domain import pair_dot as pd_mod
+    monkeypatch.setattr(pd_mod, "CHUNK", 16)
+    rng = np.random.default_rng(1)
+    n_u, n_i = 9, 7
+    users, items = rng.integers(0, n_u, 40), rng.integers(0, n_i, 40)
+    users[:n_u], items[:n_i] = np.arange(n_u), np.arange(n_i)
+    model = LightGCN(n_u, n_i, 6, 2, users, items).double()
+    model._adj = model.adjacency().to(torch.float64)
+    u = torch.as_tensor(rng.integers(0, n_u, 50))                       # 50 pairs: 4 chunks
+    cand = torch.as_tensor(rng.integers(0, n_i, (50, 3)))
+    w = torch.randn(50, 3, dtype=torch.float64)
+    fast = model(u, cand)
+    assert type(fast.grad_fn).__name__ == "PairDotBackward"                # the fast path was taken
+    (fast * w).sum().backward()
+    g_fast = [p.grad.clone() for p in (model.user_emb.weight, model.item_emb.weight)]
+    model.zero_grad()
+    U, I = model.embeddings()
+    plain = (U[u].unsqueeze(1) * I[cand]).sum(-1)
+    (plain * w).sum().backward()
+    assert torch.allclose(fast, plain, atol=1e-12)
+    for a, p in zip(g_fast, (model.user_emb.weight, model.item_emb.weight)):
+        assert torch.allclose(a, p.grad, atol=1e-12)
+    with model.inference():                                             # scoring: the plain path
+        assert torch.allclose(model(u, cand), plain.detach(), atol=1e-12)
