@@ -5,9 +5,10 @@ BPR loss / Adam, in one process.
     python benchmarks/bench_lightgcn.py [--dim 576] [--layers 3] [--batch-size 8192] [--steps 5]
 
 One training step = one full propagation (forward + backward) + BPR on a batch of
-(user, positive, negative) triples + an Adam step. Ours is timed twice in the same run: as the
-trainer runs it (pair scores by `pair_dot`) and with the pair rows gathered by plain indexing. Seconds per epoch = the mean step time over
-`--steps` timed steps (after one warm-up step) x the number of batches in an epoch.
+(user, positive, negative) triples + an Adam step. Seconds per epoch = the mean step time over
+`--steps` timed steps (after one warm-up step) x the number of batches in an epoch. Ours is timed
+twice in the same run: as the trainer runs it (pair scores by `pair_dot`) and with the pair rows
+gathered by plain indexing.
 
 torch_geometric is a benchmark-only extra (pure Python; it must not replace torch):
     pip install --no-deps torch_geometric xxhash
@@ -60,6 +61,7 @@ def main() -> None:
 
     from bdlm_lib.data import load_dataset
     from bdlm_lib.domain import LightGCN, NegativeSampler
+    from bdlm_lib.domain.trainer import pair_loss
     from bdlm_lib.params import load_params
 
     params = load_params("ml1m", "demo", overrides={"data.sample_users": None})
@@ -93,7 +95,7 @@ def main() -> None:
             # the model's forward, whose training path is `pair_dot`
             u, p, n = batches[s]
             logits = ours(u, torch.stack([p, n], 1))
-            loss = -F.logsigmoid(logits[:, 0] - logits[:, 1]).mean()
+            loss = pair_loss(logits[:, 0], logits[:, 1:], "bpr")
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -16,14 +16,12 @@ graph without the dataset.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from torch import nn
 
 from .base import DomainModel, as_long
-from .pair_dot import pair_dot
+from .pair_dot import csr_matrix, pair_dot
 
 
 def normalized_adjacency(users, items, n_users: int, n_items: int) -> torch.Tensor:
@@ -37,11 +35,7 @@ def normalized_adjacency(users, items, n_users: int, n_items: int) -> torch.Tens
     deg = torch.bincount(rows, minlength=n).float()
     dinv = deg.pow(-0.5)
     dinv[deg == 0] = 0.0
-    vals = dinv[rows] * dinv[cols]
-    with warnings.catch_warnings():      # "sparse CSR support is in beta": known, and used on purpose
-        warnings.simplefilter("ignore", UserWarning)
-        coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n), check_invariants=False)
-        return coo.coalesce().to_sparse_csr()
+    return csr_matrix(rows, cols, dinv[rows] * dinv[cols], (n, n))
 
 
 class SymmetricSpMM(torch.autograd.Function):

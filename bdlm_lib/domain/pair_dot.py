@@ -22,7 +22,8 @@ import torch
 CHUNK = 4096     # pairs per gathered chunk: 4,096 x K x d floats stay within a core's cache
 
 
-def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
+def csr_matrix(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
+    """A sparse CSR matrix from (row, col, value) triplets; repeated positions are summed."""
     with warnings.catch_warnings():      # "sparse CSR support is in beta": known, and used on purpose
         warnings.simplefilter("ignore", UserWarning)
         coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape, check_invariants=False)
@@ -46,9 +47,9 @@ class PairDot(torch.autograd.Function):
         cols, vals = items.reshape(-1), grad.reshape(-1).to(U.dtype)
         dU = dI = None
         if ctx.needs_input_grad[0]:
-            dU = torch.sparse.mm(_csr(rows, cols, vals, (U.shape[0], I.shape[0])), I)
+            dU = torch.sparse.mm(csr_matrix(rows, cols, vals, (U.shape[0], I.shape[0])), I)
         if ctx.needs_input_grad[1]:
-            dI = torch.sparse.mm(_csr(cols, rows, vals, (I.shape[0], U.shape[0])), U)
+            dI = torch.sparse.mm(csr_matrix(cols, rows, vals, (I.shape[0], U.shape[0])), U)
         return dU, dI, None, None
 
 
