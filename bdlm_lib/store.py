@@ -84,9 +84,28 @@ def flat(params: Mapping, prefix: str = "") -> dict:
     return out
 
 
+PER_MODEL = "domain.per_model."
+
+
+def _read_by_run(key: str, model: Any) -> bool:
+    """False for a key the run never reads: it is in NOT_IDENTITY, or it is another domain model's
+    override (`domain.per_model.<name>.*` where <name> is not this run's `domain.model`)."""
+    if key in NOT_IDENTITY:
+        return False
+    return not key.startswith(PER_MODEL) or key[len(PER_MODEL):].split(".", 1)[0] == model
+
+
 def identity(params: Mapping) -> dict:
-    """The parameters that make a run what it is (flat, sorted)."""
-    return {k: v for k, v in sorted(flat(params).items()) if k not in NOT_IDENTITY}
+    """The parameters that make a run what it is (flat, sorted): tuning one domain model's
+    per-model override leaves the runs of the others as they were."""
+    return identity_of_flat(flat(params))
+
+
+def identity_of_flat(values: Mapping) -> dict:
+    """`identity` of parameters already flattened (a stored fingerprint.json's `params`, which
+    may hold keys that were part of identities before the rule above)."""
+    model = values.get("domain.model")
+    return {k: v for k, v in sorted(values.items()) if _read_by_run(k, model)}
 
 
 def fingerprint(params: Mapping) -> str:
@@ -103,7 +122,7 @@ def stored_identity(run_dir: str | os.PathLike) -> dict | None:
     run_dir = Path(run_dir)
     if (run_dir / FINGERPRINT).exists():
         stored = read_json(run_dir / FINGERPRINT).get("params")
-        return None if stored is None else {**LATER_KEYS, **stored}
+        return None if stored is None else {**LATER_KEYS, **identity_of_flat(stored)}
     if (run_dir / PARAMS).exists():
         import yaml
         try:

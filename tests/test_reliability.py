@@ -3,6 +3,7 @@ parameter ranges, one-line errors, the output lock and a quiet console. Each tes
 bad input or fault, tried the way a user meets it (the CLI where the CLI is what a user runs)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -54,6 +55,31 @@ def test_changed_batch_stops_naming_runs_and_keys_then_reruns_on_request(tmp_pat
                                                           "seed": 1, "output_dir": str(out)}))[0] == "finished"
     again = run_batch(b, output_dir=out)                                  # same params: resume skips
     assert {r["status"] for r in again["runs"]} == {"done"}
+
+
+def test_another_models_override_leaves_a_run_as_it_was(tmp_path):
+    """A run's identity holds only the per-model overrides of its own domain model: tuning
+    LightGCN's batch size re-runs LightGCN, not GMF; a fingerprint.json stored with every model's
+    overrides (as written before this rule) still matches."""
+    write_notebook(tmp_path / "tiny.ipynb")
+    out = tmp_path / "out"
+    grid = {"datasets": ["ml1m"], "methods": ["gmf", "lightgcn"], "seeds": [1]}
+    run_batch(write_batch(tmp_path, overrides={"domain.epochs": 1}, grid=grid), output_dir=out)
+    gmf, lgcn = out / "ml1m" / "t" / "gmf-s1", out / "ml1m" / "t" / "lightgcn-s1"
+    stored = read_json(gmf / "fingerprint.json")["params"]
+    assert "domain.per_model.mf.batch_size" in stored and "domain.per_model.lightgcn.batch_size" not in stored
+    stored["domain.per_model.lightgcn.batch_size"] = 4096            # the older, wider identity
+    (gmf / "fingerprint.json").write_text(json.dumps({"params": stored}))
+    changed = {"domain.epochs": 1, "domain.per_model.lightgcn.batch_size": 512}
+    with pytest.raises(BatchError, match=r"1 stored run\(s\).*ml1m/lightgcn-s1.*per_model\.lightgcn\.batch_size"):
+        run_batch(write_batch(tmp_path, overrides=changed, grid=grid), output_dir=out)
+    params = lambda model: load_params("ml1m", "smoke", {**changed, "domain.model": model,  # noqa: E731
+                                                         "seed": 1, "output_dir": str(out)})
+    assert run_state(gmf, params("mf"))[0] == "finished"
+    assert run_state(lgcn, params("lightgcn")) == ("changed", ["domain.per_model.lightgcn.batch_size"])
+    # and GMF's own override does change GMF
+    assert run_state(gmf, load_params("ml1m", "smoke", {**changed, "domain.model": "mf", "seed": 1,
+                                                        "domain.per_model.mf.lr": 0.5}))[0] == "changed"
 
 
 # ---------------------------------------------------------------- 2. prepared-data cache

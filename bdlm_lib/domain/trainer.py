@@ -162,14 +162,20 @@ def with_later_defaults(domain: Mapping) -> dict:
     return dom
 
 
-def _fingerprint(model, params) -> str:
-    # the resumable keys are left out at both levels (per_model holds min_epochs too), which also
-    # makes a checkpoint from before a later key match
+def _fingerprints(model, params) -> tuple[str, str]:
+    """(the checkpoint identity, the one checkpoints were written with before it): the resumable
+    keys are left out at both levels (per_model holds min_epochs too), which also makes a
+    checkpoint from before a later key match; only this model's per_model entry counts now, as in
+    the run's own identity (store.identity), and a checkpoint that held every model's entry still
+    resumes."""
     keep = lambda m: {k: v for k, v in dict(m or {}).items() if k not in _RESUMABLE}   # noqa: E731
     dom = keep(params["domain"])
-    dom["per_model"] = {m: keep(e) for m, e in (dom.get("per_model") or {}).items()}
-    return json.dumps({"model": model.name, "seed": params["seed"], "domain": dom,
-                       "n_users": model.n_users, "n_items": model.n_items}, sort_keys=True, default=str)
+    every = {m: keep(e) for m, e in (dom.get("per_model") or {}).items()}
+
+    def fp(per_model: dict) -> str:
+        return json.dumps({"model": model.name, "seed": params["seed"], "domain": {**dom, "per_model": per_model},
+                           "n_users": model.n_users, "n_items": model.n_items}, sort_keys=True, default=str)
+    return fp({m: e for m, e in every.items() if m == model.name}), fp(every)
 
 
 def save_checkpoint(path: Path, model, optimizer, best_state, state: dict, fingerprint: str) -> None:
@@ -186,11 +192,12 @@ def save_checkpoint(path: Path, model, optimizer, best_state, state: dict, finge
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
-def load_checkpoint(path: Path, model, optimizer, fingerprint: str):
+def load_checkpoint(path: Path, model, optimizer, fingerprint: str | tuple[str, ...]):
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    if meta.get("fingerprint") != fingerprint:
+    accepted = (fingerprint,) if isinstance(fingerprint, str) else tuple(fingerprint)
+    if meta.get("fingerprint") not in accepted:
         raise ValueError(f"{path}: checkpoint was made with other model/params; "
                          f"remove it or use another run dir")
     tensors = st_load(path.read_bytes())
@@ -240,9 +247,9 @@ def _train(model, ds, params, run_dir, callback, curves: Curves) -> list[dict]:
              "history": []}
     best_state = None
     ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
-    fp = _fingerprint(model, params)
+    fp, before = _fingerprints(model, params)
     if ckpt is not None and ckpt.exists():
-        best_state, state = load_checkpoint(ckpt, model, optimizer, fp)
+        best_state, state = load_checkpoint(ckpt, model, optimizer, (fp, before))
     curves.open(purge_step=state["epoch"] + 2)
 
     epochs = int(d["epochs"])
