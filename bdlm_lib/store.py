@@ -85,6 +85,9 @@ def flat(params: Mapping, prefix: str = "") -> dict:
 
 
 PER_MODEL = "domain.per_model."
+# what a per-dataset run (data preparation and its statistics) is made of: the keys that shape the
+# prepared data (data.dataset.recipe), not the models' settings; prefixes end with "."
+DATA_KEYS = ("dataset", "seed", "data.", "testset.")
 
 
 def _read_by_run(key: str, model: Any) -> bool:
@@ -133,6 +136,14 @@ def stored_identity(run_dir: str | os.PathLike) -> dict | None:
     return None
 
 
+def restrict(ident: Mapping, reads: tuple[str, ...] | None) -> dict:
+    """`ident` cut to the keys a run reads (`reads`: names, or prefixes ending in "."); all of it
+    for None."""
+    if reads is None:
+        return dict(ident)
+    return {k: v for k, v in ident.items() if any(k == r or (r.endswith(".") and k.startswith(r)) for r in reads)}
+
+
 def changed_keys(old: Mapping, new: Mapping) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>"))
 
@@ -143,15 +154,17 @@ def describe_changes(old: Mapping, new: Mapping, most: int = 4) -> str:
     return shown + (f" (+{len(keys) - most} more)" if len(keys) > most else "")
 
 
-def run_state(run_dir: str | os.PathLike, params: Mapping) -> tuple[str, list[str]]:
-    """("new" | "finished" | "unfinished" | "changed", the keys that differ). A folder without
-    any record of its parameters counts as made with these (nothing can be compared)."""
+def run_state(run_dir: str | os.PathLike, params: Mapping,
+              reads: tuple[str, ...] | None = None) -> tuple[str, list[str]]:
+    """("new" | "finished" | "unfinished" | "changed", the keys that differ), comparing only the
+    keys the run reads (`reads`, e.g. DATA_KEYS; None: its whole identity). A folder without any
+    record of its parameters counts as made with these (nothing can be compared)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         return "new", []
     old = stored_identity(run_dir)
     if old is not None:
-        keys = changed_keys(old, identity(params))
+        keys = changed_keys(restrict(old, reads), restrict(identity(params), reads))
         if keys:
             return "changed", keys
     return ("finished" if (run_dir / METRICS).exists() else "unfinished"), []
@@ -180,17 +193,20 @@ def run_folder(params: Mapping, group: str, run_id: str) -> Path:
     return inside(params["output_dir"], dataset_root(params) / group / run_id)
 
 
-def claim(run_dir: str | os.PathLike, params: Mapping, rerun_changed: bool = False) -> str:
+def claim(run_dir: str | os.PathLike, params: Mapping, rerun_changed: bool = False,
+          reads: tuple[str, ...] | None = None) -> str:
     """Make `run_dir` the folder of a run with `params` and return its state before the claim.
-    A finished run with the same parameters is left alone ("finished": reuse it); one with other
-    parameters raises StoreError naming the keys, unless `rerun_changed` (then it is emptied)."""
+    A finished run with the same parameters (those in `reads`, see run_state) is left alone
+    ("finished": reuse it); one with other parameters raises StoreError naming the keys, unless
+    `rerun_changed` (then it is emptied)."""
     import shutil
     run_dir = Path(run_dir)
-    state, keys = run_state(run_dir, params)
+    state, keys = run_state(run_dir, params, reads)
     if state == "changed":
         if not rerun_changed:
-            old = stored_identity(run_dir) or {}
-            raise StoreError(f"{run_dir}: made with other parameters ({describe_changes(old, identity(params))})")
+            old = restrict(stored_identity(run_dir) or {}, reads)
+            raise StoreError(f"{run_dir}: made with other parameters "
+                             f"({describe_changes(old, restrict(identity(params), reads))})")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if state != "finished":

@@ -59,20 +59,26 @@ def test_changed_batch_stops_naming_runs_and_keys_then_reruns_on_request(tmp_pat
 
 def test_another_models_override_leaves_a_run_as_it_was(tmp_path):
     """A run's identity holds only the per-model overrides of its own domain model: tuning
-    LightGCN's batch size re-runs LightGCN, not GMF; a fingerprint.json stored with every model's
+    LightGCN's batch size re-runs LightGCN, not GMF, nor the per-dataset run (data preparation,
+    which reads only what shapes the data); a fingerprint.json stored with every model's
     overrides (as written before this rule) still matches."""
     write_notebook(tmp_path / "tiny.ipynb")
     out = tmp_path / "out"
     grid = {"datasets": ["ml1m"], "methods": ["gmf", "lightgcn"], "seeds": [1]}
-    run_batch(write_batch(tmp_path, overrides={"domain.epochs": 1}, grid=grid), output_dir=out)
+    nbs = [{"notebook": "tiny.ipynb", "per": "dataset", "id": "prep"}, {"notebook": "tiny.ipynb"}]
+    write = lambda over: write_batch(tmp_path, overrides=over, grid=grid, notebooks=nbs)  # noqa: E731
+    run_batch(write({"domain.epochs": 1}), output_dir=out)
     gmf, lgcn = out / "ml1m" / "t" / "gmf-s1", out / "ml1m" / "t" / "lightgcn-s1"
     stored = read_json(gmf / "fingerprint.json")["params"]
     assert "domain.per_model.mf.batch_size" in stored and "domain.per_model.lightgcn.batch_size" not in stored
     stored["domain.per_model.lightgcn.batch_size"] = 4096            # the older, wider identity
     (gmf / "fingerprint.json").write_text(json.dumps({"params": stored}))
     changed = {"domain.epochs": 1, "domain.per_model.lightgcn.batch_size": 512}
-    with pytest.raises(BatchError, match=r"1 stored run\(s\).*ml1m/lightgcn-s1.*per_model\.lightgcn\.batch_size"):
-        run_batch(write_batch(tmp_path, overrides=changed, grid=grid), output_dir=out)
+    with pytest.raises(BatchError, match=r"1 stored run\(s\).*: ml1m/lightgcn-s1;.*per_model\.lightgcn\.batch_size"):
+        run_batch(write(changed), output_dir=out)
+    # a change of what shapes the data does reach the per-dataset run (and every other)
+    with pytest.raises(BatchError, match=r"3 stored run\(s\).*ml1m/prep-s1.*data\.sample_users"):
+        run_batch(write({**changed, "data.sample_users": 7}), output_dir=out)
     params = lambda model: load_params("ml1m", "smoke", {**changed, "domain.model": model,  # noqa: E731
                                                          "seed": 1, "output_dir": str(out)})
     assert run_state(gmf, params("mf"))[0] == "finished"

@@ -93,6 +93,13 @@ class Run:
     def finished(self) -> bool:
         return (self.run_dir / "metrics.json").exists()
 
+    @property
+    def reads(self) -> tuple[str, ...] | None:
+        """The parameters that make this run what it is: a per-dataset run prepares the data and
+        reads only what shapes it (a model's setting changed in the batch file leaves it as it
+        was); any other run, its whole identity."""
+        return store.DATA_KEYS if self.scope == "dataset" else None
+
 
 @dataclass
 class Batch:
@@ -491,11 +498,12 @@ def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
                              f"(run ids: {', '.join(r.run_id for r in batch.runs)})")
     with store.OutputLock(batch.output_dir), _terminate_as_interrupt():
         by_key = {r.dataset + "/" + r.run_id: r for r in batch.runs}
-        states = {k: store.run_state(r.run_dir, r.params) for k, r in by_key.items()}
+        states = {k: store.run_state(r.run_dir, r.params, r.reads) for k, r in by_key.items()}
         changed = [k for k, (st, _) in states.items() if st == "changed"]
         if changed and not rerun_changed:
             first = by_key[changed[0]]
-            old, new = store.stored_identity(first.run_dir), store.identity(first.params)
+            old = store.restrict(store.stored_identity(first.run_dir) or {}, first.reads)
+            new = store.restrict(store.identity(first.params), first.reads)
             raise BatchError(f"{batch.path.name}: {len(changed)} stored run(s) were made with other parameters: "
                              f"{', '.join(changed)}; {changed[0]}: {store.describe_changes(old, new)}. "
                              f"Re-run them with --rerun-changed, or use another --output-dir")
@@ -513,7 +521,7 @@ def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
             for r in tqdm(todo, desc=f"batch {batch.name}", unit="run", file=console):
                 t0 = time.perf_counter()
                 earlier = _earlier_attempts(r.run_dir, states[r.dataset + "/" + r.run_id][0])
-                store.claim(r.run_dir, r.params, rerun_changed=rerun_changed)
+                store.claim(r.run_dir, r.params, rerun_changed=rerun_changed, reads=r.reads)
                 info = {"batch": batch.name, "dataset": r.dataset, "run_id": r.run_id, "method": r.method,
                         "flag": r.flag, "lambda_ml": r.lambda_ml, "seed": r.seed, "scope": r.scope,
                         "preset": batch.preset, "overrides": r.overrides,
