@@ -138,6 +138,21 @@ def test_checkpoint_from_other_params_is_refused(smoke, tmp_path):
         train_domain(build_domain_model("mf", ds.n_users, ds.n_items, q2, ds=ds), ds, q2, tmp_path)
 
 
+def test_checkpoint_follows_only_its_own_models_overrides(smoke, tmp_path):
+    """Another model's per_model override does not make a checkpoint stale (a GMF run resumes
+    after LightGCN's batch size is tuned); the model's own override does."""
+    p, ds = smoke
+    q = with_model(p, "mf", **{"domain.epochs": 1, "domain.patience": 5})
+    train_domain(build_domain_model("mf", ds.n_users, ds.n_items, q, ds=ds), ds, q, tmp_path)
+    other = with_model(p, "mf", **{"domain.epochs": 2, "domain.patience": 5,
+                                   "domain.per_model.lightgcn.batch_size": 777})
+    hist = train_domain(build_domain_model("mf", ds.n_users, ds.n_items, other, ds=ds), ds, other, tmp_path)
+    assert [h["epoch"] for h in hist] == [0, 1]              # epoch 0 came from the checkpoint
+    own = with_model(p, "mf", **{"domain.epochs": 3, "domain.per_model.mf.batch_size": 777})
+    with pytest.raises(ValueError, match="checkpoint was made with other"):
+        train_domain(build_domain_model("mf", ds.n_users, ds.n_items, own, ds=ds), ds, own, tmp_path)
+
+
 def test_early_stopping_waits_for_min_epochs(smoke):
     """With lr 0 validation HR@1 never improves after epoch 0: patience 1 stops after epoch 1; with
     min_epochs 3 (domain-wide, or for this model only) the first 3 epochs are not monitored, epoch 3
