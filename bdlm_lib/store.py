@@ -154,6 +154,13 @@ def describe_changes(old: Mapping, new: Mapping, most: int = 4) -> str:
     return shown + (f" (+{len(keys) - most} more)" if len(keys) > most else "")
 
 
+def describe_run_changes(run_dir: str | os.PathLike, params: Mapping,
+                         reads: tuple[str, ...] | None = None) -> str:
+    """What differs between the stored run and `params` (the keys in `reads`), for an error line."""
+    old = restrict(stored_identity(run_dir) or {}, reads)
+    return describe_changes(old, restrict(identity(params), reads))
+
+
 def run_state(run_dir: str | os.PathLike, params: Mapping,
               reads: tuple[str, ...] | None = None) -> tuple[str, list[str]]:
     """("new" | "finished" | "unfinished" | "changed", the keys that differ), comparing only the
@@ -204,9 +211,8 @@ def claim(run_dir: str | os.PathLike, params: Mapping, rerun_changed: bool = Fal
     state, keys = run_state(run_dir, params, reads)
     if state == "changed":
         if not rerun_changed:
-            old = restrict(stored_identity(run_dir) or {}, reads)
             raise StoreError(f"{run_dir}: made with other parameters "
-                             f"({describe_changes(old, restrict(identity(params), reads))})")
+                             f"({describe_run_changes(run_dir, params, reads)})")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if state != "finished":

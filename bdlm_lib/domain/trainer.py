@@ -162,6 +162,12 @@ def with_later_defaults(domain: Mapping) -> dict:
     return dom
 
 
+def own_per_model(per_model: Mapping | None, name: str) -> dict:
+    """The `domain.per_model` entries that shape model `name`: its own only (another model's
+    override changes nothing it computes)."""
+    return {m: e for m, e in (per_model or {}).items() if m == name}
+
+
 def _fingerprints(model, params) -> tuple[str, str]:
     """(the checkpoint identity, the one checkpoints were written with before it): the resumable
     keys are left out at both levels (per_model holds min_epochs too), which also makes a
@@ -175,7 +181,7 @@ def _fingerprints(model, params) -> tuple[str, str]:
     def fp(per_model: dict) -> str:
         return json.dumps({"model": model.name, "seed": params["seed"], "domain": {**dom, "per_model": per_model},
                            "n_users": model.n_users, "n_items": model.n_items}, sort_keys=True, default=str)
-    return fp({m: e for m, e in every.items() if m == model.name}), fp(every)
+    return fp(own_per_model(every, model.name)), fp(every)
 
 
 def save_checkpoint(path: Path, model, optimizer, best_state, state: dict, fingerprint: str) -> None:

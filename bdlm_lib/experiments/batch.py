@@ -502,10 +502,9 @@ def run_batch(batch_yaml: str | Path, output_dir: str | Path | None = None,
         changed = [k for k, (st, _) in states.items() if st == "changed"]
         if changed and not rerun_changed:
             first = by_key[changed[0]]
-            old = store.restrict(store.stored_identity(first.run_dir) or {}, first.reads)
-            new = store.restrict(store.identity(first.params), first.reads)
             raise BatchError(f"{batch.path.name}: {len(changed)} stored run(s) were made with other parameters: "
-                             f"{', '.join(changed)}; {changed[0]}: {store.describe_changes(old, new)}. "
+                             f"{', '.join(changed)}; {changed[0]}: "
+                             f"{store.describe_run_changes(first.run_dir, first.params, first.reads)}. "
                              f"Re-run them with --rerun-changed, or use another --output-dir")
         rows: dict[str, dict] = {}
         for key, r in by_key.items():  # the state before this invocation

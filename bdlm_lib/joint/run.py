@@ -67,10 +67,10 @@ def same_data(saved: Mapping, params: Mapping) -> bool:
 def _model_keys(domain) -> dict:
     """The domain keys that shape a trained model: not the runtime keys, nor other models'
     per_model overrides."""
-    from ..domain.trainer import RUNTIME_KEYS, with_later_defaults
+    from ..domain.trainer import RUNTIME_KEYS, own_per_model, with_later_defaults
     keys = {k: v for k, v in with_later_defaults(domain).items() if k not in RUNTIME_KEYS}
     if isinstance(keys.get("per_model"), Mapping):
-        keys["per_model"] = {m: e for m, e in keys["per_model"].items() if m == keys.get("model")}
+        keys["per_model"] = own_per_model(keys["per_model"], keys.get("model"))
     return keys
 
 
