@@ -6,9 +6,14 @@ layout, so that `bdlm report --output-dir results` (or several folders at once) 
 results page on any machine, and results made on different machines add up:
 
     <results>/<dataset>/<batch>/<run_id>/   params.yaml, fingerprint.json, run.json,
-                                            environment.json, metrics.json, predictions*.parquet
-    <results>/<dataset>/data/<tag>/         manifest.json (Table 1) and test_topk.parquet (which
-                                            negative is which kind: the negatives' table)
+                                            environment.json, metrics.json, per_user*.parquet
+    <results>/<dataset>/data/<tag>/         manifest.json (Table 1)
+
+A run's predictions (every candidate's score) are not kept: its per-user record is
+(`report.records`: the held-out item's rank, the binary counts at the run's threshold, how many
+negatives of each kind beat it, the bucket labels), which is all the report reads of them and a
+small fraction of their size on full data. The report from the archive equals the report from the
+output folder (tested).
 
 Only finished runs that `bdlm batch` made are archived (metrics.json present, run.json present and
 not failed or interrupted): a notebook executed on its own (by `make test`'s nbval pass, or by
@@ -27,10 +32,12 @@ from pathlib import Path
 import yaml
 
 from . import store
+from .report.collect import run_sides
+from .report.records import write_record
 from .runs import atomic_dir, read_json, write_json
 
 RECORD = (store.PARAMS, store.FINGERPRINT, store.RUN, store.ENVIRONMENT)
-DATA_RECORD = ("manifest.json", "test_topk.parquet")
+DATA_RECORD = ("manifest.json",)
 
 
 def _archivable(run_dir: Path) -> bool:
@@ -73,8 +80,11 @@ def archive_runs(output_dir: str | Path, results_dir: str | Path,
             for name in RECORD:
                 if (src / name).exists():
                     shutil.copyfile(src / name, tmp / name)
-            for pred in sorted(src.glob("predictions*.parquet")):
-                shutil.copyfile(pred, tmp / pred.name)
+            metrics = read_json(src / store.METRICS)
+            for side, m in run_sides(metrics).items():
+                threshold = (m.get("binary") or {}).get("threshold")
+                if threshold is not None:
+                    write_record(src, side, float(threshold), tmp)
             info = read_json(tmp / store.RUN) if (tmp / store.RUN).exists() else {}
             write_json(tmp / store.RUN, {**info, "finished_utc": store.finished_utc(src)})
             shutil.copyfile(src / store.METRICS, tmp / store.METRICS)

@@ -112,3 +112,36 @@ def test_hr1_against_each_kind_of_negative(tmp_path):
     assert k["all"] == pytest.approx(metrics["topk"]["HR@1"])
     assert k["all"] <= min(k["pop"], k["sim"]) and max(k["pop"], k["sim"]) <= 1
     assert k["pop"] != k["sim"]
+
+
+def test_per_user_record_keeps_what_ties_decide(tmp_path):
+    # popularity scores tie often: the record's rank breaks a tie as metrics.evaluate does (the
+    # candidate stored first wins) and its beaten_* counts a tie against the held-out item
+    from bdlm_lib.report.collect import load_predictions
+    from bdlm_lib.report.records import candidates_of, user_record, user_table
+    p = load_params("ml1m", "smoke", overrides={"output_dir": str(tmp_path), "domain.progress": False,
+                                                "domain.model": "pop"})
+    _, metrics, run_dir = run_domain(p, load_dataset(p, verbose=False))
+    preds = load_predictions(run_dir)
+    thr = metrics["binary"]["threshold"]
+    rec = user_record(preds, thr, candidates_of(run_dir))
+    t = user_table(run_dir, threshold=thr, kinds=True)
+    pd.testing.assert_frame_equal(t.drop(columns=["hit1", "hit2"]), rec)
+    assert (rec["rank"] < 1).mean() == pytest.approx(metrics["topk"]["HR@1"])
+    # coarser scores: more ties, with the held-out item too
+    preds["score"] = np.where(preds["task"] == "topk", preds["score"] // 8, preds["score"])
+    rec = user_record(preds, thr, candidates_of(run_dir))
+    tk = preds[preds["task"] == "topk"]
+    pos = tk[tk["label"] == 1].set_index("user")["score"]
+    # by hand: higher-scored negatives, plus tied ones stored before the held-out item
+    where = tk.assign(order=range(len(tk)))
+    pos_order = where[where["label"] == 1].set_index("user")["order"]
+    neg = where[where["label"] == 0]
+    above = neg["score"].to_numpy() > pos.reindex(neg["user"]).to_numpy()
+    tied_before = ((neg["score"].to_numpy() == pos.reindex(neg["user"]).to_numpy())
+                   & (neg["order"].to_numpy() < pos_order.reindex(neg["user"]).to_numpy()))
+    rank = pd.Series(above | tied_before).groupby(neg["user"].to_numpy()).sum()
+    assert tied_before.sum() > 0 and (rec["rank"] == rank.reindex(rec.index)).all()
+    at_least = pd.Series(above | (neg["score"].to_numpy() == pos.reindex(neg["user"]).to_numpy()))
+    assert (rec["beaten_all"] == at_least.groupby(neg["user"].to_numpy()).sum().reindex(rec.index)).all()
+    assert (rec["beaten_all"] > rec["rank"]).any()                           # a tie it won on order

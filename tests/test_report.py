@@ -380,14 +380,22 @@ def test_archive_keeps_what_the_report_reads_and_the_report_reads_it_back(output
     assert runs == ["bdlm-lam0.1-s42", "instructrec-s42", "lightgcn-s42"]          # not the failed run
     assert not (results / "ml1m" / "llm").exists()                              # nor the notebook's own
     kept = sorted(p.name for p in (results / "ml1m" / "full" / "lightgcn-s42").iterdir())
-    assert kept == ["fingerprint.json", "metrics.json", "params.yaml", "predictions.parquet", "run.json"]
+    assert kept == ["fingerprint.json", "metrics.json", "params.yaml", "per_user.parquet", "run.json"]
+    assert {"per_user_llm.parquet", "per_user_drs.parquet"} <= {p.name for p in (results / "ml1m" / "full" / "bdlm-lam0.1-s42").iterdir()}
     tag = next((root / "ml1m" / "data").iterdir()).name
-    assert sorted(p.name for p in (results / "ml1m" / "data" / tag).iterdir()) == ["manifest.json", "test_topk.parquet"]
+    assert sorted(p.name for p in (results / "ml1m" / "data" / tag).iterdir()) == ["manifest.json"]
+    # the record holds what the negatives' table reads: the same figures as predictions + candidates
+    from bdlm_lib.report.negatives import run_negative_kinds
+    kinds = run_negative_kinds(root / "ml1m" / "full" / "lightgcn-s42")
+    assert kinds is not None and run_negative_kinds(results / "ml1m" / "full" / "lightgcn-s42") == kinds
     assert archive_runs(root, results) == []                                        # nothing new
     # the report from the archive alone = from the outputs; both together count each run once
     build_report(root, report_dir=tmp_path / "a", n_boot=50)
     build_report(results, report_dir=tmp_path / "b", n_boot=50)
     build_report([root, results], report_dir=tmp_path / "c", n_boot=50)
+    ci = [pd.read_csv(tmp_path / x / "summary.csv").drop(columns="runs") for x in ("a", "b")]
+    ci[0] = ci[0][ci[0]["label"].isin(ci[1]["label"])].reset_index(drop=True)    # not the failed run's rows
+    assert ci[1]["HR@1 hi"].notna().all() and ci[0].equals(ci[1])              # CIs from records = from predictions
     for name in ("table1.csv", "table3.csv", "significance.csv"):
         a = (tmp_path / "a" / name).read_text()
         assert a == (tmp_path / "b" / name).read_text() and a == (tmp_path / "c" / name).read_text(), name

@@ -1,6 +1,7 @@
 """The report: collect stored runs, their statistics, tables and figures, and the writer."""
 from .collect import collect_runs, load_predictions
-from .statistics import paired_test, per_user
+from .records import per_user
+from .statistics import paired_test
 from .tables import to_markdown
 from .writer import build_report
 

@@ -27,7 +27,7 @@ CI_METRICS = ["HR@1", "HR@2", "F1"]
 PRESET_RANK = {"paper": 4, "cpu": 3, "demo": 2, "smoke": 1}
 
 
-def _sides(metrics: dict) -> dict[str, dict]:
+def run_sides(metrics: dict) -> dict[str, dict]:
     """{"llm": .., "drs": ..} for a two-sided run (joint/run.py also copies drs to the top level),
     else {"main": metrics}."""
     sides = {s: metrics[s] for s in ("llm", "drs") if isinstance(metrics.get(s), dict) and "topk" in metrics[s]}
@@ -99,7 +99,7 @@ def collect_runs(output_dir: str | Path | Sequence[str | Path]) -> pd.DataFrame:
             continue
         seen.add(key)
         metrics = read_json(mfile)
-        for side, m in _sides(metrics).items():
+        for side, m in run_sides(metrics).items():
             label = method_label(info["method"], side)
             if label is None:
                 continue

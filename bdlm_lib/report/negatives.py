@@ -9,43 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from .collect import load_predictions
+from .records import KINDS, beaten_by_kind, user_table
+
+
+def _hr1(beaten: pd.DataFrame) -> dict:
+    return {k: float((beaten[f"beaten_{k}"] == 0).mean()) if len(beaten) else float("nan") for k in KINDS}
 
 
 def hr1_by_negative_kind(predictions: pd.DataFrame, candidates: pd.DataFrame) -> dict:
     """{"all", "pop", "sim"} -> HR@1 over the users of `predictions` (test top-K rows)."""
-    p = predictions
-    if "task" in p:
-        p = p[p["task"] == "topk"]
-    if "split" in p:
-        p = p[p["split"] == "test"]
-    m = candidates.merge(p[["user", "item", "score"]], on=["user", "item"])
-    pos = m[m["label"] == 1].set_index("user")["score"]
-    neg = m[m["label"] == 0]
-    beaten = pd.Series(neg["score"].to_numpy() >= pos.reindex(neg["user"]).to_numpy(), index=neg.index)
-    out = {}
-    for kind, mask in (("all", neg["source"].notna()), ("pop", neg["source"] == "pop"), ("sim", neg["source"] == "sim")):
-        n_beat = beaten[mask].groupby(neg.loc[mask, "user"]).sum().reindex(pos.index, fill_value=0)
-        out[kind] = float((n_beat == 0).mean()) if len(pos) else float("nan")
-    return out
+    return _hr1(beaten_by_kind(predictions, candidates))
 
 
-def run_negative_kinds(run_dir: str | Path) -> dict | None:
-    """`hr1_by_negative_kind` of a stored run, its candidate set read from the prepared data its
-    params.yaml names in the run's own output folder (or archive); None when that data or the
-    predictions are not there."""
-    from ..data.dataset import dataset_tag
-    run_dir = Path(run_dir)
-    f = run_dir / "params.yaml"
-    if not f.exists():
+def run_negative_kinds(run_dir: str | Path, side: str = "main") -> dict | None:
+    """`hr1_by_negative_kind` of a stored run: from its per-user record, or from its predictions and
+    the candidate set of the prepared data its params.yaml names in the run's own output folder;
+    None when neither is there. Any threshold will do: only the top-K columns are read."""
+    t = user_table(run_dir, side, threshold=0.0, kinds=True)
+    if t is None or "beaten_all" not in t:
         return None
-    p = yaml.safe_load(f.read_text(encoding="utf-8"))
-    root = run_dir.parent.parent.parent             # <root>/<dataset>/<batch>/<run_id>
-    cand = root / Path(str(p["dataset"])).name / "data" / dataset_tag(p) / "test_topk.parquet"
-    preds = load_predictions(run_dir)
-    if not cand.exists() or preds is None:
-        return None
-    c = pd.read_parquet(cand)
-    return hr1_by_negative_kind(preds, c) if "source" in c else None
+    return _hr1(t[[f"beaten_{k}" for k in KINDS]].dropna())

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .collect import choose_runs, load_predictions
-from .statistics import bootstrap_stats, paired_test, per_user, summarise
+from .collect import choose_runs
+from .records import user_table
+from .statistics import bootstrap_stats, paired_test, summarise
 
 PAIRS = [("BDLM-drs", "LightGCN"), ("BDLM-llm", "LightGCN")]
 ORDER = ["LightGCN", "LightGCN-FT", "InstructRec", "BDLM-llm", "BDLM-drs"]
@@ -127,13 +128,10 @@ def gap_change(tables: dict, n_boot: int, alpha: float, seed: int = 0) -> pd.Dat
 
 
 def _bucketed(run_dir: str, side: str, threshold) -> pd.DataFrame | None:
-    """Per-user hits (`per_user`) with the user's two bucket labels, or None (a run evaluated
-    before its predictions carried them)."""
-    p = load_predictions(run_dir, side)
-    if p is None or threshold is None or not set(BREAKDOWNS) <= set(p.columns):
-        return None
-    labels = p[p["task"] == "topk"].drop_duplicates("user").set_index("user")[list(BREAKDOWNS)]
-    return per_user(p, float(threshold)).join(labels)
+    """Per-user hits (`records.user_table`) with the user's two bucket labels, or None (a run
+    evaluated before its predictions carried them)."""
+    t = user_table(run_dir, side, threshold) if threshold is not None else None
+    return t if t is not None and set(BREAKDOWNS) <= set(t.columns) else None
 
 
 def bucket_table(chosen: pd.DataFrame, n_boot: int, alpha: float, breakdown: str = "item_popularity") -> pd.DataFrame:

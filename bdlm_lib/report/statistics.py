@@ -17,25 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..methods import BASELINE_ROWS, BDLM_ROWS
-from .collect import CI_METRICS, METRICS, load_predictions
-
-
-def per_user(preds: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Per-user columns hit1, hit2 (top-K), tp, fp, fn (binary at `threshold`) and n_binary (the
-    user's binary rows: 0 for users ranked but not on the binary task), index user.
-    Ties are broken by the stored row order (the candidates' seeded positions), as in metrics."""
-    tk = preds[preds["task"] == "topk"].reset_index(drop=True)
-    tk = tk.assign(order=np.arange(len(tk))).sort_values(["user", "score", "order"],
-                                                          ascending=[True, False, True], kind="stable")
-    tk["rank"] = tk.groupby("user").cumcount()
-    rank = tk[tk["label"] == 1].set_index("user")["rank"]
-    out = pd.DataFrame({"hit1": (rank < 1).astype(float), "hit2": (rank < 2).astype(float)})
-    bn = preds[preds["task"] == "binary"]
-    pred = bn["score"].to_numpy() >= threshold
-    lab = bn["label"].to_numpy() == 1
-    counts = pd.DataFrame({"user": bn["user"].to_numpy(), "tp": pred & lab, "fp": pred & ~lab,
-                           "fn": ~pred & lab, "n_binary": np.ones(len(bn))}).groupby("user").sum().astype(float)
-    return out.join(counts, how="left").fillna(0.0)
+from .collect import CI_METRICS, METRICS
+from .records import user_table
 
 
 def _stats(sums: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -113,9 +96,9 @@ def summarise(chosen: pd.DataFrame, n_boot: int, alpha: float) -> tuple[pd.DataF
             row[m] = float(g[m].astype(float).mean())
         per = []
         for _, run in g.iterrows():
-            p = load_predictions(run["run_dir"], run["side"])
-            if p is not None and run["threshold"] is not None:
-                per.append(per_user(p, float(run["threshold"])))
+            t = user_table(run["run_dir"], run["side"], run["threshold"]) if run["threshold"] is not None else None
+            if t is not None:
+                per.append(t)
         if per and len(per) == len(g):
             # rows may rank different numbers of users (eval.topk_users per method): say how many
             row["users"] = f"{len(per[0])} / {int((per[0]['n_binary'] > 0).sum())}"
