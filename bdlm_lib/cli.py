@@ -4,6 +4,7 @@
     bdlm batch params/batches/demo_ml1m.yaml     run a batch of notebooks with papermill
     bdlm report [--docs docs/results.md]         assemble the report from stored runs
     bdlm archive --to results                    copy finished runs' records into the results archive
+    bdlm evaluate RUN_DIR --set eval.mode=full   a finished domain run evaluated again, not trained again
     bdlm joint --dataset ml1m --preset paper     one joint run (the DeepSpeed launcher's entry)
     bdlm plan BATCH --backbone CFG --gpus N      per run: GPU memory, fits or not, wall time
     bdlm export --dataset ml1m --preset paper    our splits + candidate sets as RecBole atomic files
@@ -73,6 +74,18 @@ def cmd_archive(args) -> int:
     for line in lines:
         print(f"archived {line}")
     print(f"{len(lines)} archived into {args.to}" if lines else f"{args.to}: already holds every finished run")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Finished domain runs evaluated again with other eval.* settings (domain/reevaluate.py)."""
+    from .domain.reevaluate import reevaluate_domain
+    overrides = parse_overrides(args.set)
+    if not overrides:
+        raise ValueError("evaluate: nothing to change (give --set eval.KEY=VALUE)")
+    for run_dir in args.run_dir:
+        dst, state = reevaluate_domain(run_dir, overrides, args.as_batch)
+        print(f"{run_dir} -> {dst}" + (" (already evaluated so)" if state == "finished" else ""), flush=True)
     return 0
 
 
@@ -190,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", default="results", metavar="DIR", help="the archive (default: results)")
     p.add_argument("--batch", nargs="*", metavar="NAME", help="only these batches (their `name:`)")
     p.set_defaults(fn=cmd_archive)
+
+    p = sub.add_parser("evaluate", help="evaluate finished domain runs again with other eval.* settings (no training)")
+    p.add_argument("run_dir", nargs="+", help="finished domain run folders, e.g. outputs/ml1m/full_domain/lightgcn-s42")
+    p.add_argument("--set", action="append", metavar="eval.KEY=VALUE", help="an eval.* setting (repeatable)")
+    p.add_argument("--as", dest="as_batch", metavar="NAME",
+                   help="the batch folder of the new runs, beside the source's (default: <batch>_eval)")
+    p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the main job: CPU demo pipeline on MovieLens-1M")
     p.add_argument("--output-dir")

@@ -15,6 +15,14 @@ chance-level metrics, as in the candidate sets.
 
 A scorer is `score_users(users [B]) -> scores [B, n_items]` (higher = better).
 
+Beside them, the expected HR@K against n uniform negatives (n = testset.n_candidates - 1), the
+candidate sets most papers draw: with the held-out item at rank r among the P other items the user
+has not touched, n negatives drawn uniformly without replacement from those P leave it in the top
+K when fewer than K of the r items above it are drawn, a hypergeometric probability (scipy's
+`hypergeom.cdf(K - 1, P, r, n)`), averaged over users. It is exact, not sampled, and says how much
+of a gap to a paper's 1-of-20 figure the choice of negatives alone can make (our candidate sets
+draw popular and title-similar negatives, which are harder than uniform ones).
+
 Two-stage ranking (BDLM-drs): a first stage ranks the catalogue and keeps each user's top N
 (`full_ranks(..., top_n=N)`); a second stage scores only those N and re-orders them
 (`rerank_ranks`). Items beyond the first N keep their first-stage rank, so Recall@N is the first
@@ -96,27 +104,60 @@ def rerank_ranks(first_ranks: np.ndarray, top: np.ndarray, held: np.ndarray,
     return np.where(inside, ahead, first_ranks)
 
 
-def full_metrics(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict:
+def ranked_pool(ds, split: str, users: np.ndarray) -> np.ndarray:
+    """How many other items each user's held-out item is ranked against: the items the user has
+    not touched (`seen_items`), less the held-out item itself."""
+    users = np.asarray(users, dtype=np.int64)
+    held = pd.Series(held_out_items(ds, split, users), index=users)
+    seen = seen_items(ds, split).drop_duplicates()
+    seen = seen[seen["user"].isin(users)]
+    seen = seen[seen["item"].to_numpy() != held.reindex(seen["user"]).to_numpy()]
+    n_seen = seen.groupby("user").size().reindex(users, fill_value=0).to_numpy()
+    return ds.n_items - 1 - n_seen
+
+
+def uniform_hr(ranks: np.ndarray, pool: np.ndarray, n_neg: int, ks: Sequence[int] = (1, 2)) -> dict:
+    """Expected HR@K against `n_neg` negatives drawn uniformly without replacement from each
+    user's `pool` other items, given the held-out item's full-catalogue rank (module docstring)."""
+    from scipy.stats import hypergeom
+    r, m = np.asarray(ranks, dtype=np.int64), np.asarray(pool, dtype=np.int64)
+    if len(r) and (m < n_neg).any():
+        raise ValueError(f"uniform HR: a user has fewer than {n_neg} items to draw negatives from")
+    return {f"HR@{k} uniform": float(np.mean(hypergeom.cdf(k - 1, m, r, n_neg))) for k in ks}
+
+
+def full_metrics(ranks: np.ndarray, ks: Sequence[int] = (10, 20), pool: np.ndarray | None = None,
+                 n_neg: int = 0) -> dict:
+    """Recall@K, NDCG@K and MRR of 0-based ranks; with each user's `pool` and `n_neg`, also the
+    expected HR@1 and HR@2 against n_neg uniform negatives (`uniform_hr`)."""
     r = np.asarray(ranks, dtype=np.float64)
     out = {f"Recall@{k}": float(np.mean(r < k)) for k in ks}
     out.update({f"NDCG@{k}": float(np.mean(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0))) for k in ks})
     out["MRR"] = float(np.mean(1.0 / (r + 1.0)))
+    if pool is not None and n_neg:
+        out.update(uniform_hr(ranks, pool, n_neg), uniform_negatives=int(n_neg))
     out["n_users"] = int(len(r))
     return out
 
 
+def uniform_negatives(params: Mapping) -> int:
+    """n of the uniform-negatives HR@K: as many negatives as the candidate sets hold."""
+    return int(params["testset"]["n_candidates"]) - 1
+
+
 def domain_scorer(model, max_elements: int = 1 << 24) -> ScoreUsers:
-    """Scores of every item for a batch of users from a domain model (its own logit, so NCF's MLP
-    and the sequence models' encoders work as in training), in chunks of users."""
-    items = torch.arange(model.n_items, device=model.device)
+    """Scores of every item for a batch of users from a domain model (`DomainModel.score_all`: a
+    matrix product for dot-product models, the model's own logit otherwise, so NCF's MLP works as
+    in training), in chunks of users. Call it inside `model.inference()` to compute a LightGCN
+    propagation once for the whole ranking rather than once per call."""
+    # a dot-product model holds [step, n_items] scores at a time, another [step, n_items, dim] too
+    step = max(1, max_elements // max(1, model.n_items * (1 if model.dot_product else max(model.dim, 1))))
 
     def score(users: np.ndarray) -> np.ndarray:
-        step = max(1, max_elements // max(1, model.n_items * max(model.dim, 1)))
         out = []
         with model.inference():
             for s in range(0, len(users), step):
-                u = torch.as_tensor(users[s:s + step], device=model.device)
-                out.append(model(u, items.expand(len(u), -1)).double().cpu().numpy())
+                out.append(model.score_all(users[s:s + step]).double().cpu().numpy())
         return np.concatenate(out)
     return score
 
@@ -140,5 +181,7 @@ def full_ks(params: Mapping) -> Sequence[int]:
 def evaluate_full(score_users: ScoreUsers, ds, params: Mapping, split: str = "test",
                   progress: bool = False) -> dict:
     """The `full` entry of metrics.json for `params.eval` (the same users as the candidate sets)."""
-    ranks = full_ranks(score_users, ds, split, full_users(ds, params), seed=int(params["seed"]), progress=progress)
-    return {"split": split, "n_items": int(ds.n_items), **full_metrics(ranks.to_numpy(), full_ks(params))}
+    users = full_users(ds, params)
+    ranks = full_ranks(score_users, ds, split, users, seed=int(params["seed"]), progress=progress)
+    return {"split": split, "n_items": int(ds.n_items),
+            **full_metrics(ranks.to_numpy(), full_ks(params), ranked_pool(ds, split, users), uniform_negatives(params))}

@@ -44,6 +44,20 @@ def test_trains_on_ml1m_smoke_and_loss_falls(smoke, name):
     assert f.shape == (3, model.feature_dim)
     assert model(users, items).shape == (3,)
     assert model(users, torch.tensor([[5, 6], [6, 7], [7, 8]])).shape == (3, 2)
+    # every item's logit at once (full ranking) = the per-pair logits, inside inference() or not;
+    # an inner inference() keeps the outer one's tables
+    all_items = torch.arange(ds.n_items).expand(3, -1)
+    model.train()
+    with model.inference():
+        pair = model(users, all_items)
+        tables = model._cache
+        with model.inference():
+            inner = model.score_all(users)
+        assert model._cache is tables and not model.training
+    torch.testing.assert_close(inner, pair, rtol=1e-5, atol=1e-6)
+    assert model.training                                   # back as it was
+    model.eval()                                            # (no dropout) outside inference()
+    torch.testing.assert_close(model.score_all(users).detach(), pair, rtol=1e-5, atol=1e-6)
     m = evaluate_domain(model, ds, p)
     assert set(m) >= {"split", "max_users", "topk", "binary"}
     assert m["topk"]["n_users"] == p.eval.max_users

@@ -83,6 +83,8 @@ def test_domain_run_in_full_mode_writes_recall_and_ndcg(tmp_path):
     full = metrics["full"]
     assert full["n_items"] == ds.n_items and full["n_users"] == metrics["topk"]["n_users"]
     assert 0 <= full["NDCG@10"] <= full["Recall@10"] <= full["Recall@20"] <= 1
+    assert full["uniform_negatives"] == p["testset"]["n_candidates"] - 1
+    assert 0 < full["HR@1 uniform"] < full["HR@2 uniform"] < 1
     # the report's full-ranking table reads it back from the stored run, with a Wilson interval
     from bdlm_lib.report import collect_runs
     from bdlm_lib.report.full_catalogue import full_ranking_table, wilson
@@ -91,6 +93,7 @@ def test_domain_run_in_full_mode_writes_recall_and_ndcg(tmp_path):
     assert len(table) == 1 and row["method"] == "GMF" and row["users"] == full["n_users"]
     lo, hi = wilson(full["Recall@10"], full["n_users"])
     assert row["Recall@10"] == f"{full['Recall@10']:.3f} [{lo:.3f}, {hi:.3f}]" and row["NDCG@20"] == f"{full['NDCG@20']:.3f}"
+    assert row["HR@1 vs uniform negatives"] == f"{full['HR@1 uniform']:.3f}"
 
 
 def test_wilson_interval_matches_the_textbook_case():
@@ -145,3 +148,61 @@ def test_per_user_record_keeps_what_ties_decide(tmp_path):
     at_least = pd.Series(above | (neg["score"].to_numpy() == pos.reindex(neg["user"]).to_numpy()))
     assert (rec["beaten_all"] == at_least.groupby(neg["user"].to_numpy()).sum().reindex(rec.index)).all()
     assert (rec["beaten_all"] > rec["rank"]).any()                           # a tie it won on order
+
+
+def test_uniform_negatives_hr_matches_counting_every_draw():
+    # rank r among P other items, n uniform negatives without replacement: count the draws by hand
+    from itertools import combinations
+    from math import comb
+    from bdlm_lib.full_ranking import uniform_hr
+    for pool, rank, n in ((6, 2, 3), (7, 0, 4), (5, 5, 2), (8, 3, 3)):
+        draws = list(combinations(range(pool), n))          # items 0..rank-1 score above the held-out item
+        above = [sum(i < rank for i in d) for d in draws]
+        got = uniform_hr(np.array([rank]), np.array([pool]), n, ks=(1, 2))
+        assert got["HR@1 uniform"] == pytest.approx(sum(a == 0 for a in above) / len(draws))
+        assert got["HR@2 uniform"] == pytest.approx(sum(a < 2 for a in above) / len(draws))
+    assert uniform_hr(np.array([2]), np.array([6]), 3)["HR@1 uniform"] == pytest.approx(comb(4, 3) / comb(6, 3))
+    # over users it is the mean; at rank 0 always a hit, below every item never
+    two = uniform_hr(np.array([0, 6]), np.array([6, 6]), 3)
+    assert two["HR@1 uniform"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="fewer than 3"):
+        uniform_hr(np.array([0]), np.array([2]), 3)
+
+
+def test_ranked_pool_counts_the_untouched_items():
+    from bdlm_lib.full_ranking import ranked_pool
+    ds = toy()
+    # user 0 touched 0, 1 (train), 2 (valid) -> test item 5 against {3, 4}; user 2 touched 3, 5 and 4 (valid)
+    assert list(ranked_pool(ds, "test", np.array([0, 1, 2]))) == [2, 3, 2]
+    assert list(ranked_pool(ds, "valid", np.array([0, 1, 2]))) == [3, 4, 3]
+
+
+def test_a_finished_domain_run_is_evaluated_again_without_training(tmp_path, capsys):
+    import json
+    from bdlm_lib.cli import main as cli
+    from bdlm_lib.report import collect_runs
+    from bdlm_lib.report.full_catalogue import full_ranking_table
+    p = load_params("ml1m", "smoke", overrides={"output_dir": str(tmp_path), "domain.progress": False,
+                                                "domain.model": "lightgcn", "domain.epochs": 2})
+    _, metrics, src = run_domain(p, load_dataset(p, verbose=False))
+    assert "full" not in metrics
+    assert cli(["evaluate", str(src), "--set", "eval.mode=full"]) == 0
+    dst = src.parent.parent / "domain_eval" / src.name
+    again = json.loads((dst / "metrics.json").read_text())
+    # the same model on the same candidates: the same figures, and the full ranking beside them
+    assert again["topk"] == metrics["topk"] and again["binary"] == metrics["binary"]
+    assert again["epochs_run"] == metrics["epochs_run"] and again["evaluated_from"] == f"domain/{src.name}"
+    assert again["full"]["n_users"] == metrics["topk"]["n_users"] and 0 < again["full"]["HR@1 uniform"] <= 1
+    # found finished the second time: nothing is evaluated again
+    stamp = (dst / "metrics.json").stat().st_mtime_ns
+    assert cli(["evaluate", str(src), "--set", "eval.mode=full"]) == 0
+    assert "already evaluated so" in capsys.readouterr().out and (dst / "metrics.json").stat().st_mtime_ns == stamp
+    # other eval settings into the same folder stop and say which; a training setting is refused
+    assert cli(["evaluate", str(src), "--set", "eval.mode=full", "--set", "eval.full_ks=[5]"]) == 2
+    assert "eval.full_ks" in capsys.readouterr().err
+    assert cli(["evaluate", str(src), "--set", "domain.lr=0.5"]) == 2
+    assert "domain.lr: only eval.* settings" in capsys.readouterr().err
+    assert cli(["evaluate", str(tmp_path / "nowhere"), "--set", "eval.mode=full"]) == 2
+    # the report lists it in the full-catalogue table
+    table = full_ranking_table(collect_runs(tmp_path))
+    assert list(table["batch"]) == ["domain_eval"] and table["users"].iloc[0] == again["full"]["n_users"]

@@ -38,6 +38,7 @@ class DomainModel(nn.Module):
         self.n_users, self.n_items, self.dim = int(n_users), int(n_items), int(dim)
         self.feature_dim = self.dim
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None   # set inside inference()
+        self._in_inference = False
 
     # --- what subclasses define -------------------------------------------------------------
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,18 +86,38 @@ class DomainModel(nn.Module):
     def score(self, users, items) -> torch.Tensor:
         return self.forward(users, items)
 
+    def score_all(self, users) -> torch.Tensor:
+        """Logits of every item for each user ([B] -> [B, n_items]): one matrix product where the
+        logit is the default dot product, else `forward` over the whole catalogue per user."""
+        users = as_long(users, self.device)
+        items = torch.arange(self.n_items, device=self.device)
+        if self.dot_product:
+            zu, zi = self.represent(users, items)
+            return zu @ zi.T
+        return self.forward(users, items.expand(len(users), -1))
+
+    @property
+    def dot_product(self) -> bool:
+        """Whether the logit is the default dot product of the two vectors (not NCF's MLP)."""
+        return type(self).logit is DomainModel.logit and type(self).feature is DomainModel.feature
+
     @contextmanager
     def inference(self) -> Iterator["DomainModel"]:
         """Eval mode, no grad, and the full embedding tables computed once (a LightGCN propagation
-        or one encoding of every history) instead of once per scored batch."""
+        or one encoding of every history) instead of once per scored batch. Re-entrant: inside
+        an open inference() the tables are reused (a full ranking calls its scorer chunk by chunk)."""
+        if self._in_inference:
+            yield self
+            return
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
+                self._in_inference = True
                 self._cache = self.inference_tables()
                 yield self
         finally:
-            self._cache = None
+            self._cache, self._in_inference = None, False
             self.train(was_training)
 
     def inference_tables(self):

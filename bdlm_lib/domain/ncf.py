@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DomainModel
+from .base import DomainModel, as_long
 
 
 class NCF(DomainModel):
@@ -47,3 +47,16 @@ class NCF(DomainModel):
 
     def logit(self, zu, zi):
         return self.out(self.feature(zu, zi)).squeeze(-1)
+
+    def score_all(self, users) -> torch.Tensor:
+        """Every item's logit for each user, as `forward` computes it, with the MLP's first layer
+        split into its user and item halves (each computed once, not once per pair) and the
+        output layer's GMF half as one matrix product."""
+        users = as_long(users, self.device)
+        zu, zi = self.user_emb(users), self.item_emb.weight              # [B, d], [N, d]
+        first = self.mlp[0]
+        hu = zu @ first.weight[:, :self.dim].T + first.bias               # [B, h]
+        hi = zi @ first.weight[:, self.dim:].T                            # [N, h]
+        h = self.mlp[1:](hu[:, None, :] + hi[None, :, :])                 # [B, N, width]
+        w = self.out.weight[0]
+        return (zu * w[:self.dim]) @ zi.T + h @ w[self.dim:] + self.out.bias

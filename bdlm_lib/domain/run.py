@@ -155,7 +155,8 @@ def _run(params, ds, name, run_dir):
     train_seconds = time.perf_counter() - t0
     metrics, preds = evaluate_domain(model, ds, params, split="test", return_predictions=True)
     if params["eval"].get("mode") == "full":
-        metrics["full"] = evaluate_full(domain_scorer(model), ds, params)
+        with model.inference():   # LightGCN's propagation once for the whole ranking
+            metrics["full"] = evaluate_full(domain_scorer(model), ds, params)
     # the epochs the trainer could pick (a history from before `monitored` existed: all of them)
     evals = [h for h in history if h["valid_hr1"] is not None and h.get("monitored", True)]
     best = max(evals, key=lambda h: h["valid_hr1"]) if evals else None

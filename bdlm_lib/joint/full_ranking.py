@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..full_ranking import (domain_scorer, evaluate_full, full_ks, full_metrics, full_ranks, full_users,
-                            not_ranked, rerank_ranks)
+                            not_ranked, ranked_pool, rerank_ranks, uniform_negatives)
 from ..metrics import held_out_items
 from ..llm.scoring import all_item_scorer
 from .cascade import cascade_rerank_scores
@@ -51,6 +51,6 @@ def full_drs(llm, builder, enhanced, ds, params: Mapping, batch_size: int = 8,
     ranks, top = full_ranks(first, ds, "test", users, seed=seed, progress=progress, top_n=n)
     scores = cascade_rerank_scores(llm, builder, enhanced, users, top, seed, batch_size, progress)
     final = rerank_ranks(ranks.to_numpy(), top, held_out_items(ds, "test", users), scores)
-    ks = full_ks(params)
-    return {"full": {"split": "test", "n_items": int(ds.n_items), **full_metrics(final, ks),
-                     "rerank_n": n, "first_stage": {"model": stage, **full_metrics(ranks.to_numpy(), ks)}}}
+    ks, pool, n_neg = full_ks(params), ranked_pool(ds, "test", users), uniform_negatives(params)
+    return {"full": {"split": "test", "n_items": int(ds.n_items), **full_metrics(final, ks, pool, n_neg),
+                     "rerank_n": n, "first_stage": {"model": stage, **full_metrics(ranks.to_numpy(), ks, pool, n_neg)}}}

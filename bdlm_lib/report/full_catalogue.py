@@ -1,7 +1,9 @@
 """The full-catalogue ranking table (`eval.mode: full`, docs/protocol.md §3): Recall@K and NDCG@K
 of every stored run side that ranked the whole catalogue, and the methods that say it is not
 applicable to them. With one held-out item a user, Recall@K is a share of users, so its interval
-is the Wilson score interval of a binomial proportion; NDCG@K is given as measured."""
+is the Wilson score interval of a binomial proportion; NDCG@K is given as measured, and so is the
+expected HR@K against uniform negatives (`full_ranking.uniform_hr`, runs evaluated after it was
+added; "–" for older ones)."""
 from __future__ import annotations
 
 import math
@@ -46,6 +48,8 @@ def full_ranking_table(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             row[k] = f"{f[k]:.3f} [{lo:.3f}, {hi:.3f}]"
         for k in sorted((k for k in f if k.startswith("NDCG@")), key=_cut):
             row[k] = f"{f[k]:.3f}"
+        for k in ("HR@1 uniform", "HR@2 uniform"):   # expected, against testset.n_candidates - 1 uniform negatives
+            row[f"{k.split()[0]} vs uniform negatives"] = f"{f[k]:.3f}" if k in f else "–"
         first = f.get("first_stage")
         row["note"] = (f"re-ranks the top {f.get('rerank_n')} of its {first.get('model')} first stage "
                        "(first stage: " + ", ".join(f"{k} {first[k]:.3f}" for k in first if k.startswith(("Recall@", "NDCG@")))
@@ -55,5 +59,5 @@ def full_ranking_table(runs: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     if out.empty:
         return out
     cols = ["dataset", "batch", "method", "seed", "setting", "users",
-            *[c for c in out.columns if c.startswith(("Recall@", "NDCG@"))], "note"]
+            *[c for c in out.columns if c.startswith(("Recall@", "NDCG@", "HR@"))], "note"]
     return out[cols].sort_values(["dataset", "batch", "setting", "method"], kind="stable").reset_index(drop=True)

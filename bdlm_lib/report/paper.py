@@ -32,13 +32,14 @@ def _ci(row: pd.Series, m: str) -> str:
 
 def _kind(kinds: dict | None, ds: str, label: str, kind: str) -> str:
     k = (kinds or {}).get((ds, label))
-    return "–" if not k or pd.isna(k.get(kind)) else f"{k[kind]:.3f}"
+    return "–" if not k or k.get(kind) is None or pd.isna(k.get(kind)) else f"{k[kind]:.3f}"
 
 
 def paper_comparison(summary: pd.DataFrame, auc: dict | None = None, kinds: dict | None = None) -> pd.DataFrame:
     """One row per (dataset, method) of `summary` (full-data domain runs): paper vs ours; `kinds`
     {(dataset, label): report.negatives.hr1_by_negative_kind} adds HR@1 against each half of the
-    negatives."""
+    negatives, and its "uniform" entry the expected HR@1 against as many uniform negatives (a run
+    evaluated with eval.mode full; `full_ranking.uniform_hr`)."""
     rows = []
     for ds in dict.fromkeys(summary["dataset"]):
         s = summary[summary["dataset"] == ds].set_index("label")
@@ -55,5 +56,6 @@ def paper_comparison(summary: pd.DataFrame, auc: dict | None = None, kinds: dict
                          "ours AUC": "–" if not auc or pd.isna(auc.get((ds, label))) else f"{auc[(ds, label)]:.3f}",
                          "ours HR@1 vs popularity negatives": _kind(kinds, ds, label, "pop"),
                          "ours HR@1 vs title-similar negatives": _kind(kinds, ds, label, "sim"),
+                         "ours HR@1 vs uniform negatives (expected)": _kind(kinds, ds, label, "uniform"),
                          "users": r.get("users", "–")})
     return pd.DataFrame(rows)

@@ -62,9 +62,11 @@ def build_report(output_dir: str | Path | Sequence[str | Path] = "outputs", repo
     full_chosen = choose_runs(full, lam)
     full_summary = summarise(full_chosen, n_boot, alpha)[0] if len(full_chosen) else pd.DataFrame()
     auc = full_chosen.groupby(["dataset", "label"])["AUC"].mean().to_dict() if len(full_chosen) else {}
-    kinds = {}   # HR@1 against each half of the negatives (one seed: the newest run's)
+    kinds = {}   # HR@1 against each half of the negatives, and against uniform ones (one seed: the newest run's)
     for (ds, label), g in (full_chosen.groupby(["dataset", "label"]) if len(full_chosen) else ()):
-        kinds[(ds, label)] = run_negative_kinds(g.sort_values("finished")["run_dir"].iloc[-1])
+        newest = g.sort_values("finished").iloc[-1]
+        full = newest["full"] if isinstance(newest["full"], dict) else {}
+        kinds[(ds, label)] = {**(run_negative_kinds(newest["run_dir"]) or {}), "uniform": full.get("HR@1 uniform")}
     vs_paper = paper_comparison(full_summary, auc, kinds) if len(full_summary) else pd.DataFrame()
     # every run side that ranked the whole catalogue (eval.mode: full)
     full_rank = full_ranking_table(runs, alpha)
@@ -106,7 +108,9 @@ def build_report(output_dir: str | Path | Sequence[str | Path] = "outputs", repo
     ]
     if len(full_rank):
         sections.append((f"Full-catalogue ranking (eval.mode: full) - every item the user has not interacted "
-                         f"with is ranked; Recall@K [{conf} Wilson interval over users], NDCG@K", full_rank, False))
+                         f"with is ranked; Recall@K [{conf} Wilson interval over users], NDCG@K; HR@K vs uniform negatives: "
+                         f"the expected HR@K against as many negatives as a candidate set holds, drawn uniformly "
+                         f"from those items", full_rank, False))
     if len(sp_table):
         sections += [
             (f"Sparsity - HR@1 [{conf} CI] at each training density (data.train_keep) and with cold items "
