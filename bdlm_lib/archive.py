@@ -41,9 +41,12 @@ DATA_RECORD = ("manifest.json",)
 
 
 def _archivable(run_dir: Path) -> bool:
+    """A finished run of a batch; not a batch's own report notebook (scope batch: its record is the
+    report it wrote on that machine, which `bdlm report` makes again from the archive)."""
     if run_dir.parent.name == "data" or not (run_dir / store.RUN).exists():
         return False
-    return read_json(run_dir / store.RUN).get("status") == "ok"
+    info = read_json(run_dir / store.RUN)
+    return info.get("status") == "ok" and info.get("scope") != "batch"
 
 
 def _same(a: Path, b: Path, name: str) -> bool:

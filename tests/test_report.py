@@ -371,6 +371,10 @@ def test_archive_keeps_what_the_report_reads_and_the_report_reads_it_back(output
     (root / "ml1m" / "full" / "lightgcn-s42" / "model.safetensors").write_bytes(b"weights")
     failed = root / "ml1m" / "full" / "wo_jl-s42"
     write_json(failed / "run.json", {**json.loads((failed / "run.json").read_text()), "status": "failed"})
+    report_run = root / "ml1m" / "full" / "report"              # the batch's own report notebook
+    report_run.mkdir()
+    write_json(report_run / "run.json", {"method": "report", "scope": "batch", "status": "ok"})
+    write_json(report_run / "metrics.json", {"report": str(root / "report" / "report.md")})
     by_hand = root / "ml1m" / "llm" / "et_pe"                   # a notebook run alone: no run.json
     shutil.copytree(out / "ml1m" / "t" / "instructrec-s42", by_hand)
     (by_hand / "run.json").unlink()
