@@ -45,9 +45,7 @@ def reevaluate_domain(run_dir: str | Path, overrides: Mapping, batch: str | None
     """Evaluate the finished domain run `run_dir` again with `overrides` (eval.* keys); return
     (the new run's folder, "finished" when it already held this evaluation, else "done")."""
     from ..data import load_dataset
-    from ..full_ranking import domain_scorer, evaluate_full
-    from .run import load_domain
-    from .trainer import evaluate_domain
+    from .run import evaluate_test, load_domain
     src = Path(run_dir)
     if not (src / store.METRICS).exists() or not (src / "model.safetensors").exists():
         raise FileNotFoundError(f"{src}: not a finished domain run (metrics.json and model.safetensors)")
@@ -60,10 +58,7 @@ def reevaluate_domain(run_dir: str | Path, overrides: Mapping, batch: str | None
         return dst, "finished"
     model = load_domain(src)
     ds = load_dataset(params, verbose=False)
-    metrics, preds = evaluate_domain(model, ds, params, split="test", return_predictions=True)
-    if params["eval"].get("mode") == "full":
-        with model.inference():
-            metrics["full"] = evaluate_full(domain_scorer(model), ds, params)
+    metrics, preds = evaluate_test(model, ds, params)
     source = read_json(src / store.METRICS)
     metrics.update({k: source[k] for k in TRAINING_RECORD if k in source})
     metrics["dataset"], metrics["preset"] = str(params["dataset"]), params.get("preset")

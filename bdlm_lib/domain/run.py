@@ -48,6 +48,16 @@ def save_domain(model, run_dir, params: Mapping | None = None) -> None:
                        st_save({"user": U.cpu().contiguous(), "item": I.cpu().contiguous()}, metadata=meta))
 
 
+def evaluate_test(model, ds, params: Mapping) -> tuple[dict, object]:
+    """(metrics, predictions) of a trained model on the test split: the candidate sets, and the
+    full catalogue too with eval.mode full."""
+    metrics, preds = evaluate_domain(model, ds, params, split="test", return_predictions=True)
+    if params["eval"].get("mode") == "full":
+        with model.inference():   # LightGCN's propagation once for the whole ranking
+            metrics["full"] = evaluate_full(domain_scorer(model), ds, params)
+    return metrics, preds
+
+
 def _wrap(d):
     return Params({k: _wrap(v) for k, v in d.items()}) if isinstance(d, dict) else d
 
@@ -153,10 +163,7 @@ def _run(params, ds, name, run_dir):
     t0 = time.perf_counter()
     history = train_domain(model, ds, params, run_dir)
     train_seconds = time.perf_counter() - t0
-    metrics, preds = evaluate_domain(model, ds, params, split="test", return_predictions=True)
-    if params["eval"].get("mode") == "full":
-        with model.inference():   # LightGCN's propagation once for the whole ranking
-            metrics["full"] = evaluate_full(domain_scorer(model), ds, params)
+    metrics, preds = evaluate_test(model, ds, params)
     # the epochs the trainer could pick (a history from before `monitored` existed: all of them)
     evals = [h for h in history if h["valid_hr1"] is not None and h.get("monitored", True)]
     best = max(evals, key=lambda h: h["valid_hr1"]) if evals else None
