@@ -313,7 +313,7 @@ def test_full_data_table_and_sparsity_section(outputs, tmp_path):
     copy("lightgcn-s42", "full")
     for data, batch in (({"cold_items": 0.2}, "sparsity_cold"), ({"train_keep": 1.0}, "sparsity_full"),
                         ({"train_keep": 0.5}, "sparsity_half")):
-        for run_id in ("lightgcn-s42", "bdlm-lam0.1-s42", "instructrec-s42"):
+        for run_id in ("lightgcn-s42", "lightgcn_ft-s42", "bdlm-lam0.1-s42", "instructrec-s42"):
             copy(run_id, batch, **data)
     build_report(root, n_boot=50)
     rep = root / "report"
@@ -324,12 +324,13 @@ def test_full_data_table_and_sparsity_section(outputs, tmp_path):
     assert list(sp["setting"]) == ["default", "keep 0.5", "cold 0.2"]
     assert {"LightGCN", "BDLM-drs", "InstructRec"} <= set(sp.columns)
     tests = pd.read_csv(rep / "sparsity_tests.csv")
-    assert set(tests["comparison"]) == {"BDLM-drs vs LightGCN", "BDLM-llm vs LightGCN"} and len(tests) == 6
+    assert set(tests["comparison"]) == {"BDLM-drs vs LightGCN", "BDLM-llm vs LightGCN",
+                                        "BDLM-drs vs LightGCN-FT"} and len(tests) == 9     # and the control
     assert list(dict.fromkeys(tests["setting"])) == ["default", "keep 0.5", "cold 0.2"]
     # the change of the gap from the default setting = the difference of the two settings' Δ
     change = pd.read_csv(rep / "sparsity_gap_change.csv").set_index("comparison")
     delta = tests.set_index(["comparison", "setting"])["ΔHR@1"]
-    assert list(change["setting"]) == ["keep 0.5", "keep 0.5", "cold 0.2", "cold 0.2"]
+    assert list(change["setting"]) == ["keep 0.5"] * 3 + ["cold 0.2"] * 3
     for comp, row in change.iterrows():
         assert row["gap here"] == pytest.approx(delta[(comp, row["setting"])], abs=1e-4)
         assert row["gap at default"] == pytest.approx(delta[(comp, "default")], abs=1e-4)
@@ -346,7 +347,7 @@ def test_full_data_table_and_sparsity_section(outputs, tmp_path):
                         parameters={"output_dir": str(root), "run_dir": str(record), "n_boot": 50},
                         kernel_name="python3", cwd=str(REPO / "notebooks"), progress_bar=False)
     rec = json.loads((record / "metrics.json").read_text())
-    assert rec["settings"] == ["default", "keep 0.5", "cold 0.2"] and len(rec["tests"]) == 6
+    assert rec["settings"] == ["default", "keep 0.5", "cold 0.2"] and len(rec["tests"]) == 9
     assert {t["p (McNemar exact)"] for t in rec["tests"]} == set(tests["p (McNemar exact)"])
 
 
@@ -416,3 +417,19 @@ def test_archive_keeps_what_the_report_reads_and_the_report_reads_it_back(output
     assert got["InstructRec"] == "2000-01-01T00:00:00+00:00" < got["LightGCN"]
     # bad input: one line naming the folder, exit 2
     assert cli(["archive", "--output-dir", str(tmp_path / "nowhere"), "--to", str(results)]) == 2
+
+
+def test_gap_change_rows_do_not_depend_on_other_settings():
+    """Each row of the gap-change table bootstraps from a stream of its own: adding a setting leaves
+    the other rows' intervals as they were."""
+    from bdlm_lib.report.sparsity import PAIRS, gap_change
+    rng = np.random.default_rng(0)
+    users = pd.Index(np.arange(200), name="user")
+    labels = {m for pair in PAIRS for m in pair}
+    tables = {("ml1m", setting, m): {42: pd.DataFrame({"hit1": (rng.random(200) < 0.2).astype(float)}, index=users)}
+              for setting in ("default", "keep 0.5", "cold 0.2") for m in labels}
+    both = gap_change(tables, n_boot=200, alpha=0.05)
+    alone = gap_change({k: v for k, v in tables.items() if k[1] != "keep 0.5"}, n_boot=200, alpha=0.05)
+    assert list(both["setting"]) == ["keep 0.5"] * len(PAIRS) + ["cold 0.2"] * len(PAIRS)
+    assert (both["change hi"] > both["change lo"]).all()
+    pd.testing.assert_frame_equal(alone, both[both["setting"] == "cold 0.2"].reset_index(drop=True))

@@ -4,11 +4,14 @@ Its runs are those of batches named `sparsity*` (params/batches/cpu_sparsity_*.y
 users and candidate sets at every `data.train_keep` / `data.cold_items` value (data/sparsity.py),
 so each setting's methods, and each method across settings, are paired on the same users. Per
 (dataset, setting): HR@1 with 95% bootstrap CIs for every method; BDLM-drs and BDLM-llm against
-LightGCN with the exact McNemar test; and the same by bucket of the held-out item's training
-popularity and of the user's history length (the labels every evaluation stores with its
-predictions).
+LightGCN, and BDLM-drs against its control LightGCN-FT (LightGCN fine-tuned on the same prompt
+candidates without the LLM: what the LLM adds beyond the extra training), with the exact McNemar
+test; and the same by bucket of the held-out item's training popularity and of the user's history
+length (the labels every evaluation stores with its predictions).
 """
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -17,7 +20,7 @@ from .collect import choose_runs
 from .records import user_table
 from .statistics import bootstrap_stats, paired_test, summarise
 
-PAIRS = [("BDLM-drs", "LightGCN"), ("BDLM-llm", "LightGCN")]
+PAIRS = [("BDLM-drs", "LightGCN"), ("BDLM-llm", "LightGCN"), ("BDLM-drs", "LightGCN-FT")]
 ORDER = ["LightGCN", "LightGCN-FT", "InstructRec", "BDLM-llm", "BDLM-drs"]
 BREAKDOWNS = ("item_popularity", "user_history")
 
@@ -75,7 +78,7 @@ def sparsity_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def sparsity_tests(summary: pd.DataFrame, tables: dict, n_boot: int, alpha: float) -> pd.DataFrame:
-    """BDLM-drs / BDLM-llm vs LightGCN per (dataset, setting): ΔHR@1 [CI], wins/losses, p."""
+    """Each pair of PAIRS per (dataset, setting): ΔHR@1 [CI], wins/losses, p."""
     rows = []
     for (ds, setting) in dict.fromkeys(zip(summary.get("dataset", []), summary.get("setting", []))):
         for ours, base in PAIRS:
@@ -97,13 +100,14 @@ def gap_change(tables: dict, n_boot: int, alpha: float, seed: int = 0) -> pd.Dat
     one, and its change, with a bootstrap CI over the users both settings rank (the same users:
     the test sets do not depend on the knobs), resampled within each seed both settings have."""
     rows = []
-    rng = np.random.default_rng(seed)
     for ds, setting in sorted({(k[0], k[1]) for k in tables if k[1] != "default"},
                               key=lambda k: (k[0], setting_order(k[1]))):
         for o, base in PAIRS:
             keys = [(ds, "default", o), (ds, "default", base), (ds, setting, o), (ds, setting, base)]
             if not all(k in tables for k in keys):
                 continue
+            # a stream of its own per row: a setting or pair added later leaves the others' CIs as they are
+            rng = np.random.default_rng([seed, zlib.crc32(f"{ds}|{setting}|{o}|{base}".encode())])
             seeds = sorted(set.intersection(*(set(tables[k]) for k in keys)))
             per_seed, reps, n = [], [], 0
             for s_ in seeds:
@@ -136,7 +140,7 @@ def _bucketed(run_dir: str, side: str, threshold) -> pd.DataFrame | None:
 
 def bucket_table(chosen: pd.DataFrame, n_boot: int, alpha: float, breakdown: str = "item_popularity") -> pd.DataFrame:
     """Per (dataset, setting, bucket) of the chosen runs (`sparsity_summary`): each method's HR@1
-    [CI] and n, and the paired tests of BDLM-drs / BDLM-llm against LightGCN on that bucket's users."""
+    [CI] and n, and the paired tests of PAIRS on that bucket's users."""
     per: dict = {}
     for (ds, setting, label), grp in (chosen.groupby(["dataset", "setting", "label"]) if len(chosen) else ()):
         frames = {row["seed"]: _bucketed(row["run_dir"], row["side"], row["threshold"]) for _, row in grp.iterrows()}

@@ -115,13 +115,13 @@ def build_report(output_dir: str | Path | Sequence[str | Path] = "outputs", repo
         sections += [
             (f"Sparsity - HR@1 [{conf} CI] at each training density (data.train_keep) and with cold items "
              "(data.cold_items); the same users and candidate sets in every row", sp_table, False),
-            ("Sparsity - BDLM against LightGCN at each setting (exact McNemar on per-user HR@1 hits; "
-             "paired bootstrap CI of ΔHR@1)", sp_tests, False),
-            (f"Sparsity - does the gap to LightGCN change with the setting? (HR@1 gap at the default "
-             f"setting and at this one, on the same users; {conf} paired bootstrap CI of the change)",
+            ("Sparsity - BDLM against LightGCN, and BDLM-drs against its control LightGCN-FT, at each "
+             "setting (exact McNemar on per-user HR@1 hits; paired bootstrap CI of ΔHR@1)", sp_tests, False),
+            (f"Sparsity - does the gap to LightGCN (or to the control) change with the setting? (HR@1 gap "
+             f"at the default setting and at this one, on the same users; {conf} paired bootstrap CI of the change)",
              sp_change, False),
             *((f"Sparsity - HR@1 [{conf} CI] by {b.replace('_', ' ')} bucket (n = users in the bucket; "
-               "p = exact McNemar against LightGCN on those users)", t, False) for b, t in sp_buckets.items()),
+               "p = exact McNemar of the pair named on those users)", t, False) for b, t in sp_buckets.items()),
         ]
     which_preset = f"preset {preset}" if preset else "per dataset its largest preset"
     head = (f"From {', '.join(f'`{d}`' for d in folders)}: {len(runs)} stored run sides; {which_preset}; joint runs at λ nearest {lam:g}; "
