@@ -11,8 +11,6 @@ length (the labels every evaluation stores with its predictions).
 """
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pandas as pd
 
@@ -106,8 +104,9 @@ def gap_change(tables: dict, n_boot: int, alpha: float, seed: int = 0) -> pd.Dat
             keys = [(ds, "default", o), (ds, "default", base), (ds, setting, o), (ds, setting, base)]
             if not all(k in tables for k in keys):
                 continue
-            # a stream of its own per row: a setting or pair added later leaves the others' CIs as they are
-            rng = np.random.default_rng([seed, zlib.crc32(f"{ds}|{setting}|{o}|{base}".encode())])
+            # seeded per row, as paired_test is per call: a setting or pair added later leaves the
+            # other rows' CIs as they are
+            rng = np.random.default_rng(seed)
             seeds = sorted(set.intersection(*(set(tables[k]) for k in keys)))
             per_seed, reps, n = [], [], 0
             for s_ in seeds:
